@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Build the Airflow image and push it to Amazon ECR (what .github/workflows/ci.yml does on push).
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=../scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
+
+usage() {
+    cat <<'EOF_USAGE'
+Usage: cicd/build-and-push.sh [--tag TAG] [--dry-run] [--env-file FILE]
+
+Builds cicd/Dockerfile (versions from versions.env) and pushes it to
+<account>.dkr.ecr.<AWS_REGION>.amazonaws.com/<ECR_REPOSITORY>. Creates the repository
+(immutable tags, scan on push) if absent; a tag already in ECR is not pushed again.
+
+  --tag TAG        image tag (default: UTC time + git commit, e.g. 20250101T120000Z-0123456789ab)
+  --dry-run        print every command, run none
+  --env-file FILE  configuration (default: .env; see .env.example)
+  -h, --help       this help
+EOF_USAGE
+}
+
+ensure_repository() {
+    if quiet_probe aws ecr describe-repositories --region "$AWS_REGION" --repository-names "$ECR_REPOSITORY"; then
+        note "ECR repository $ECR_REPOSITORY exists"
+    else
+        run aws ecr create-repository --region "$AWS_REGION" --repository-name "$ECR_REPOSITORY" \
+            --image-tag-mutability IMMUTABLE --image-scanning-configuration scanOnPush=true
+    fi
+}
+
+main() {
+    local tag=""
+    parse_common_args "$@"
+    set -- "${REST_ARGS[@]+"${REST_ARGS[@]}"}"
+    while [ $# -gt 0 ]; do
+        case "$1" in
+        --tag)
+            [ $# -ge 2 ] || die "--tag needs a value"
+            tag="$2"
+            shift
+            ;;
+        *) die "unknown argument '$1' (see --help)" ;;
+        esac
+        shift
+    done
+    load_config
+    [ "$DRY_RUN" = 0 ] || info "Dry run: printing the commands, running none"
+    [ "$tag" != latest ] || die "refusing the tag 'latest': every build gets a unique tag"
+    [ -n "$tag" ] || tag="$(new_image_tag)"
+    require_tools docker aws git
+    aws_identity
+    ensure_repository
+    local image="$ECR_REGISTRY/$ECR_REPOSITORY:$tag"
+    if ecr_tag_exists "$tag"; then
+        info "$image is already in ECR: nothing to push"
+        return 0
+    fi
+    ecr_login
+    build_image "$image"
+    run docker push "$image"
+    echo
+    echo "Pushed $image. Next: scripts/install-airflow-2-ecr.sh (picks the newest pushed tag)"
+}
+
+main "$@"

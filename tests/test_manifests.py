@@ -1,0 +1,110 @@
+"""Linters on what we ship for Kubernetes: our own manifests (kubernetes-validate, strict, the
+Kind cluster's Kubernetes version), the Dockerfile (hadolint) and every script (shellcheck)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+KIND_NODE = yaml.safe_load((REPO / "kind-config.yaml").read_text())["nodes"][0]["image"]
+KUBERNETES_VERSION = re.search(r":v(\d+\.\d+)\.", KIND_NODE).group(1)
+MANIFESTS = sorted((REPO / "chart").glob("*.yaml"))
+OUR_MANIFESTS = [m for m in MANIFESTS if not m.name.startswith("values")]
+SCRIPTS = sorted([*(REPO / "scripts").glob("*.sh"), *(REPO / "cicd").glob("*.sh")])
+
+
+def validate(doc: dict) -> None:
+    kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("path", OUR_MANIFESTS, ids=lambda p: p.name)
+def test_manifests_are_valid_kubernetes(path: Path) -> None:
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    assert docs
+    for doc in docs:
+        validate(doc)
+        assert "namespace" not in doc["metadata"]  # applied with the configured --namespace
+
+
+def test_validation_rejects_a_broken_manifest() -> None:
+    pv, _ = yaml.safe_load_all((REPO / "chart/logs-persistent-volume.yaml").read_text())
+    pv["spec"]["accessModes"] = "ReadWriteMany"  # a string where a list belongs
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate(pv)
+
+
+def hadolint(dockerfile: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [BIN / "hadolint", "--failure-threshold", "info", str(dockerfile)],
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_dockerfile_is_hadolint_clean() -> None:
+    result = hadolint(REPO / "cicd/Dockerfile")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hadolint_flags_a_bad_dockerfile(tmp_path: Path) -> None:
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM apache/airflow:latest\nRUN pip install py7zr\n")
+    result = hadolint(bad)
+    assert result.returncode != 0 and "DL3007" in result.stdout
+
+
+def test_dockerfile_builds_what_the_scripts_describe() -> None:
+    text = (REPO / "cicd/Dockerfile").read_text()
+    assert "FROM apache/airflow:${AIRFLOW_VERSION}-python${PYTHON_VERSION}\n" in text
+    assert "-r /opt/airflow/build/requirements.txt -c /opt/airflow/build/constraints.txt" in text
+    assert "COPY --chown=airflow:0 dags/ /opt/airflow/dags/" in text
+    assert "ENV PYTHONPATH=/opt/airflow/dags" in text
+    assert re.findall(r"^USER (\S+)", text, re.M) == ["airflow"]
+    # the build args the Dockerfile reads are the ones scripts/lib.sh passes
+    lib = (REPO / "scripts/lib.sh").read_text()
+    for arg in re.findall(r"^ARG (\w+)", text, re.M):
+        assert f'--build-arg "{arg}=' in lib, arg
+
+
+def test_docker_context_holds_only_what_the_image_copies() -> None:
+    ignore = (REPO / ".dockerignore").read_text().split()
+    assert ignore[ignore.index("*") :][:4] == [
+        "*",
+        "!requirements.txt",
+        "!constraints.txt",
+        "!dags/",
+    ]
+
+
+def shellcheck(*paths: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [BIN / "shellcheck", "--external-sources", *map(str, paths)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_script_is_shellcheck_clean(script: Path) -> None:
+    result = shellcheck(script)
+    assert result.returncode == 0, result.stdout
+    text = script.read_text()
+    assert text.startswith("#!/usr/bin/env bash\n")
+    if script.name != "lib.sh":  # sourced by the others
+        assert "set -euo pipefail" in text
+
+
+def test_shellcheck_flags_a_bad_script(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.sh"
+    bad.write_text("#!/usr/bin/env bash\nrm -rf $DIR/*\n")
+    result = shellcheck(bad)
+    assert result.returncode != 0 and "SC2086" in result.stdout
