@@ -1,0 +1,4 @@
+"""The medallion job's logic: typed, pure DataFrame -> DataFrame functions the notebooks call.
+
+Only ``tables`` knows where tables live (Delta on Databricks, Parquet elsewhere).
+"""
