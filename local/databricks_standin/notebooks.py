@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrameReader, SparkSession
 
 
 class InputWidgetNotDefinedError(KeyError):
@@ -16,13 +17,11 @@ class InputWidgetNotDefinedError(KeyError):
 class Widgets:
     """The ``dbutils.widgets`` calls our notebooks use: ``text`` and ``get``.
 
-    Job parameters win over a widget's default, as on Databricks. ``resolve`` maps a value
-    before the notebook sees it (the stand-in uses it to fetch ``s3://`` objects).
+    Job parameters win over a widget's default, as on Databricks.
     """
 
-    def __init__(self, values: dict[str, str], resolve: Callable[[str], str]) -> None:
+    def __init__(self, values: dict[str, str]) -> None:
         self._values = dict(values)
-        self._resolve = resolve
 
     def text(self, name: str, defaultValue: str = "", label: str | None = None) -> None:
         self._values.setdefault(name, defaultValue)
@@ -30,7 +29,45 @@ class Widgets:
     def get(self, name: str) -> str:
         if name not in self._values:
             raise InputWidgetNotDefinedError(f"No input widget named {name} is defined")
-        return self._resolve(self._values[name])
+        return self._values[name]
+
+
+class _Reader:
+    """A ``DataFrameReader`` whose ``load(path)`` reads ``resolve(path)`` instead.
+
+    Local Spark has no S3 filesystem (no hadoop-aws), so the stand-in maps ``s3://`` paths to
+    local copies here, at the read, and notebooks still see (and record) the real URI.
+    """
+
+    def __init__(self, reader: DataFrameReader, resolve: Callable[[str], str]) -> None:
+        self._reader, self._resolve = reader, resolve
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._reader, name)
+        if name == "load":
+            return lambda path, *args, **kwargs: attribute(self._resolve(path), *args, **kwargs)
+        if not callable(attribute):
+            return attribute
+
+        def chained(*args: Any, **kwargs: Any) -> Any:
+            result = attribute(*args, **kwargs)
+            return _Reader(result, self._resolve) if result is self._reader else result
+
+        return chained
+
+
+class _Session:
+    """The notebook's ``spark``: the real session, with ``spark.read`` mapping paths."""
+
+    def __init__(self, spark: SparkSession, resolve: Callable[[str], str]) -> None:
+        self._spark, self._resolve = spark, resolve
+
+    @property
+    def read(self) -> _Reader:
+        return _Reader(self._spark.read, self._resolve)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._spark, name)
 
 
 class DbUtils:
@@ -44,11 +81,16 @@ def code_cells(notebook: Path) -> list[str]:
     return ["".join(cell["source"]) for cell in cells if cell["cell_type"] == "code"]
 
 
-def run_notebook(notebook: Path, spark: SparkSession, widgets: Widgets) -> None:
-    """Execute the notebook's code cells in one fresh namespace; exceptions propagate."""
+def run_notebook(
+    notebook: Path, spark: SparkSession, widgets: Widgets, resolve: Callable[[str], str]
+) -> None:
+    """Execute the notebook's code cells in one fresh namespace; exceptions propagate.
+
+    ``resolve`` maps each path the notebook reads (the stand-in fetches ``s3://`` objects).
+    """
     namespace: dict[str, object] = {
         "__name__": "__main__",
-        "spark": spark,
+        "spark": _Session(spark, resolve),
         "dbutils": DbUtils(widgets),
     }
     for number, source in enumerate(code_cells(notebook), start=1):

@@ -223,7 +223,7 @@ class Runner:
         context = self.spark.sparkContext
         context.setJobGroup(f"task-{task.run_id}", f"{run.job.name}/{task.task.key}", True)
         try:
-            run_notebook(task.task.notebook, self.spark, Widgets(run.parameters, inputs.resolve))
+            run_notebook(task.task.notebook, self.spark, Widgets(run.parameters), inputs.resolve)
             task.result_state = "SUCCESS"
         except Exception as error:  # a notebook's failure is the task's result
             task.result_state = "CANCELED" if run.cancel_requested else "FAILED"
