@@ -28,7 +28,10 @@ TAG_POOL = [
     "amazon-s3", "docker", "bash", "delta-lake", "pyspark", "git", "json", "xml", "c++",
     "discussion", "feature-request", "bug", "support",
 ]  # fmt: skip
-WORDS = "data pipeline asset spark lake table stream batch query schema job task run".split()
+WORDS = [
+    "data", "pipeline", "asset", "spark", "lake", "table", "stream", "batch", "query", "schema",
+    "job", "task", "run",
+]  # fmt: skip
 # The other files a real dump holds; generated small, so tests see an eight-file archive.
 OTHER_FILES = ["Badges", "Comments", "PostHistory", "PostLinks", "Tags", "Votes"]
 
