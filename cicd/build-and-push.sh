@@ -29,20 +29,9 @@ ensure_repository() {
 }
 
 main() {
-    local tag=""
     parse_common_args "$@"
-    set -- "${REST_ARGS[@]+"${REST_ARGS[@]}"}"
-    while [ $# -gt 0 ]; do
-        case "$1" in
-        --tag)
-            [ $# -ge 2 ] || die "--tag needs a value"
-            tag="$2"
-            shift
-            ;;
-        *) die "unknown argument '$1' (see --help)" ;;
-        esac
-        shift
-    done
+    parse_tag_arg "${REST_ARGS[@]+"${REST_ARGS[@]}"}"
+    local tag="$TAG"
     load_config
     [ "$DRY_RUN" = 0 ] || info "Dry run: printing the commands, running none"
     [ "$tag" != latest ] || die "refusing the tag 'latest': every build gets a unique tag"

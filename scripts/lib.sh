@@ -92,6 +92,23 @@ parse_common_args() {
     done
 }
 
+# parse_tag_arg ARGS...: the --tag option of the scripts that take one (sets TAG); nothing else.
+# shellcheck disable=SC2034 # TAG is read by the calling script
+parse_tag_arg() {
+    TAG=""
+    while [ $# -gt 0 ]; do
+        case "$1" in
+        --tag)
+            [ $# -ge 2 ] || die "--tag needs a value"
+            TAG="$2"
+            shift
+            ;;
+        *) die "unknown argument '$1' (see --help)" ;;
+        esac
+        shift
+    done
+}
+
 # versions.env, then the env file (default .env, see .env.example), then defaults.
 load_config() {
     set -a
@@ -259,31 +276,33 @@ create_secret() {
     fi
 }
 
-new_secret() {
-    local name="$1" args=()
-    shift
+# secret_args KEY VALUE...: kubectl --from-file arguments (values in private files) in SECRET_ARGS.
+secret_args() {
+    SECRET_ARGS=()
     secret_dir
     while [ $# -gt 0 ]; do
-        args+=("$(secret_file_arg "$1" "$2")")
+        SECRET_ARGS+=("$(secret_file_arg "$1" "$2")")
         shift 2
     done
-    run "${KUBECTL[@]}" --namespace "$NAMESPACE" create secret generic "$name" "${args[@]}"
+}
+
+new_secret() {
+    local name="$1"
+    shift
+    secret_args "$@"
+    run "${KUBECTL[@]}" --namespace "$NAMESPACE" create secret generic "$name" "${SECRET_ARGS[@]}"
 }
 
 # apply_secret NAME KEY VALUE...: values you supply (connections, git credentials) are applied on
 # every run, so the Secret follows your environment.
 apply_secret() {
-    local name="$1" args=()
+    local name="$1"
     shift
-    secret_dir
-    while [ $# -gt 0 ]; do
-        args+=("$(secret_file_arg "$1" "$2")")
-        shift 2
-    done
+    secret_args "$@"
     show "${KUBECTL[@]}" --namespace "$NAMESPACE" create secret generic "$name" \
-        "${args[@]}" --dry-run=client -o yaml "|" "${KUBECTL[@]}" apply -f -
+        "${SECRET_ARGS[@]}" --dry-run=client -o yaml "|" "${KUBECTL[@]}" apply -f -
     [ "$DRY_RUN" = 1 ] && return 0
-    "${KUBECTL[@]}" --namespace "$NAMESPACE" create secret generic "$name" "${args[@]}" --dry-run=client -o yaml |
+    "${KUBECTL[@]}" --namespace "$NAMESPACE" create secret generic "$name" "${SECRET_ARGS[@]}" --dry-run=client -o yaml |
         "${KUBECTL[@]}" apply -f -
 }
 

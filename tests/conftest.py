@@ -15,6 +15,9 @@ from pathlib import Path
 
 import pytest
 
+# The Databricks half's fixtures: `spark` (one local session) and `databricks_standin`.
+pytest_plugins = ["tests.databricks_fixtures"]
+
 REPO = Path(__file__).resolve().parents[1]
 DAGS_FOLDER = REPO / "dags"
 
@@ -73,10 +76,6 @@ def aws_conn(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
     for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(var, raising=False)
     return moto_server
-
-
-# The Databricks half's fixtures: `spark` (one local session) and `databricks_standin`.
-from tests.databricks_fixtures import databricks_standin, spark  # noqa: E402, F401
 
 
 @pytest.fixture(scope="session")
