@@ -1,0 +1,115 @@
+"""
+### Produce the raw Stack Exchange assets
+
+Ingests one site of the [Stack Exchange data dump](https://archive.org/details/stackexchange)
+into S3 as two Assets, `stackexchange_raw_posts` and `stackexchange_raw_users`, which schedule
+`trigger_databricks_workflow_dag`.
+
+1. **check_source**: HEAD the archive `{source_base_url}/{site}.7z` (redirects followed) and
+   read the S3 objects' metadata. If both objects hold this source version (ETag, else
+   Last-Modified and size), the run stops here: no download, no asset event. `force` ingests
+   anyway.
+2. **ingest**: stream the archive to a temporary directory (resuming with HTTP Range after
+   transient faults), verify its size and the checksum archive.org publishes, extract only
+   `Posts.xml` and `Users.xml` while validating and hashing them, upload both to S3 (managed
+   multipart) with their provenance as object metadata, then emit one asset event per file.
+
+Connection: `aws_conn` (its `endpoint_url` extra selects any S3-compatible server).
+Bucket and prefix: env `STACKEXCHANGE_BUCKET`, `STACKEXCHANGE_PREFIX`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+
+from airflow.sdk import Param, dag, get_current_context, task
+
+from stackexchange.assets import RAW_POSTS, RAW_USERS
+from stackexchange.settings import AWS_CONN_ID, DEFAULT_SITE, DEFAULT_SOURCE_BASE_URL
+
+
+@contextmanager
+def _fail_fast_on_permanent_errors() -> Iterator[None]:
+    """Errors a retry cannot fix fail the task at once; the rest go through the retries."""
+    from airflow.exceptions import AirflowFailException
+
+    from stackexchange.ingest import PERMANENT_ERRORS
+
+    try:
+        yield
+    except PERMANENT_ERRORS as exc:
+        raise AirflowFailException(str(exc)) from exc
+
+
+@dag(
+    dag_id="produce_data_asset",
+    schedule="@daily",
+    start_date=datetime(2025, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["stackexchange", "ingest", "producer"],
+    default_args={
+        "owner": "data-platform",
+        "retries": 3,
+        "retry_delay": timedelta(minutes=1),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": timedelta(minutes=30),
+    },
+    params={
+        "site": Param(
+            DEFAULT_SITE,
+            type="string",
+            pattern=r"^[a-z0-9][a-z0-9.-]*$",
+            title="Site",
+            description="Stack Exchange site whose dump to ingest, e.g. ai.meta.stackexchange.com",
+        ),
+        "source_base_url": Param(
+            DEFAULT_SOURCE_BASE_URL,
+            type="string",
+            pattern=r"^(https?|file)://",
+            title="Source base URL",
+            description="Where the dumps live; the archive is {source_base_url}/{site}.7z. "
+            "https://, http:// (mirrors) and file:// work.",
+        ),
+        "force": Param(
+            False,
+            type="boolean",
+            title="Force",
+            description="Ingest and emit asset events even if S3 already holds this version.",
+        ),
+    },
+)
+def produce_data_asset() -> None:
+    @task.short_circuit(execution_timeout=timedelta(minutes=10))
+    def check_source() -> bool:
+        """Is there anything to ingest? False skips the ingest: no download, no asset event."""
+        from stackexchange.ingest import check
+
+        params = get_current_context()["params"]
+        return check(params["site"], params["source_base_url"], bool(params["force"]), AWS_CONN_ID)
+
+    @task(outlets=[RAW_POSTS, RAW_USERS], execution_timeout=timedelta(hours=6))
+    def ingest() -> None:
+        """Download, verify, extract, validate, upload; then one asset event per object."""
+        from stackexchange.ingest import ingest as run_ingest
+
+        context = get_current_context()
+        params, ti = context["params"], context["ti"]
+        with _fail_fast_on_permanent_errors():
+            published = run_ingest(
+                params["site"],
+                params["source_base_url"],
+                AWS_CONN_ID,
+                ingest_id=f"{ti.run_id}#{ti.try_number}",
+            )
+        assets = {RAW_POSTS.uri: RAW_POSTS, RAW_USERS.uri: RAW_USERS}
+        for item in published:
+            context["outlet_events"][assets[item.uri]].extra = item.extra
+
+    check_source() >> ingest()
+
+
+produce_data_asset()

@@ -1,0 +1,57 @@
+"""Runtime settings of the ingest, from the environment (read when a task runs, not at parse time).
+
+Bucket and prefix live in ``assets.py`` because the Asset URIs need them at parse time.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+AWS_CONN_ID = "aws_conn"
+DEFAULT_SITE = "ai.meta.stackexchange.com"
+DEFAULT_SOURCE_BASE_URL = "https://archive.org/download/stackexchange"
+
+
+def _number(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number; unset it or give a number") from None
+    if value < 0:
+        raise ValueError(f"{name}={raw!r} must not be negative")
+    return value
+
+
+@dataclass(frozen=True)
+class DownloadPolicy:
+    """How hard to try: attempts per request, exponential backoff, socket timeouts, log cadence."""
+
+    attempts: int = 6
+    backoff_seconds: float = 2.0
+    backoff_max_seconds: float = 60.0
+    connect_timeout: float = 30.0
+    read_timeout: float = 120.0
+    chunk_bytes: int = 1 << 20
+    progress_seconds: float = 10.0
+
+    @classmethod
+    def from_env(cls) -> DownloadPolicy:
+        return cls(
+            attempts=max(1, int(_number("STACKEXCHANGE_DOWNLOAD_ATTEMPTS", cls.attempts))),
+            backoff_seconds=_number("STACKEXCHANGE_DOWNLOAD_BACKOFF_SECONDS", cls.backoff_seconds),
+            read_timeout=_number("STACKEXCHANGE_READ_TIMEOUT_SECONDS", cls.read_timeout),
+            progress_seconds=_number("STACKEXCHANGE_PROGRESS_SECONDS", cls.progress_seconds),
+        )
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        return min(self.backoff_seconds * 2 ** (attempt - 1), self.backoff_max_seconds)
+
+
+def checksums_url_override() -> str | None:
+    """``STACKEXCHANGE_CHECKSUMS_URL``: an archive.org-style ``*_files.xml`` list, or ``none``."""
+    return os.environ.get("STACKEXCHANGE_CHECKSUMS_URL", "").strip() or None

@@ -1,0 +1,257 @@
+"""End to end: the producer DAG really runs (``dag.test()``, and once the ``airflow dags test``
+CLI) against a local HTTP mirror and moto's S3 server; results are read back from S3 and
+from the metadata DB."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.config import Config
+
+from local.sample_dump import pack_7z, write_site
+from stackexchange.assets import BUCKET, POSTS_KEY, RAW_POSTS, RAW_USERS, USERS_KEY
+from tests.http_fixtures import DumpServer, S3FaultProxy
+
+REPO = Path(__file__).resolve().parents[1]  # not from conftest: importing it twice resets
+DAGS_FOLDER = REPO / "dags"  # the session's AIRFLOW_HOME
+pytestmark = pytest.mark.e2e
+
+SITE = "demo.stackexchange.com"
+PRODUCER, CONSUMER = "produce_data_asset", "trigger_databricks_workflow_dag"
+KEYS = {"Posts.xml": POSTS_KEY, "Users.xml": USERS_KEY}
+
+
+@dataclass
+class Mirror:
+    server: DumpServer
+    root: Path
+    originals: dict[str, bytes]  # Posts.xml / Users.xml as generated
+
+    @property
+    def base(self) -> str:
+        return f"{self.server.url}/stackexchange"
+
+    def conf(self, site: str = SITE, **extra: object) -> dict[str, object]:
+        return {"site": site, "source_base_url": self.base, **extra}
+
+    def archive_gets(self, site: str = SITE) -> int:
+        return len(self.server.gets(f"{site}.7z"))
+
+
+@pytest.fixture(scope="module")
+def mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mirror]:
+    """An archive.org look-alike: the dump (pipe tags), a corrupt one and the checksum list."""
+    root = tmp_path_factory.mktemp("mirror")
+    item = root / "stackexchange"
+    files = write_site(root / "site", posts=600, users=80, tag_style="pipe")
+    archive = pack_7z(files, item / f"{SITE}.7z")
+    data = archive.read_bytes()
+    (item / f"corrupt.{SITE}.7z").write_bytes(data[: len(data) * 2 // 3])
+    sha1 = hashlib.sha1(data).hexdigest()
+    (item / "stackexchange_files.xml").write_text(
+        f'<files><file name="{SITE}.7z" source="original"><sha1>{sha1}</sha1></file></files>'
+    )
+    originals = {p.name: p.read_bytes() for p in files if p.name in KEYS}
+    with DumpServer(root) as server:
+        yield Mirror(server, root, originals)
+
+
+@pytest.fixture(scope="module")
+def dagbag(airflow_db: None):  # an airflow.models.DagBag, synced to the DB
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.models import DagBag, DagModel
+    from airflow.utils.session import create_session
+
+    DagBundlesManager().sync_bundles_to_db()
+    bag = DagBag(dag_folder=str(DAGS_FOLDER), include_examples=False)
+    bag.sync_to_db("dags-folder", None)
+    with create_session() as session:
+        session.query(DagModel).filter(DagModel.dag_id == CONSUMER).update({"is_paused": False})
+    for task in bag.dags[PRODUCER].tasks:
+        task.retries = 0  # failures are asserted, not retried (dag.test would wait out the delay)
+    return bag
+
+
+@pytest.fixture
+def s3(aws_conn: str, monkeypatch: pytest.MonkeyPatch):  # a boto3 S3 client on moto
+    monkeypatch.setenv("STACKEXCHANGE_DOWNLOAD_BACKOFF_SECONDS", "0")
+    client = boto3.client(
+        "s3",
+        endpoint_url=aws_conn,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        config=Config(response_checksum_validation="when_required"),
+    )
+    with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
+        client.create_bucket(Bucket=BUCKET)
+    client.delete_objects(
+        Bucket=BUCKET, Delete={"Objects": [{"Key": key} for key in KEYS.values()]}
+    )
+    return client
+
+
+def run(dagbag, conf: dict[str, object]):  # the finished DagRun
+    return dagbag.dags[PRODUCER].test(run_conf=conf)
+
+
+def ti_state(dag_run, task_id: str) -> str:
+    return dag_run.get_task_instance(task_id).state
+
+
+def events(run_id: str) -> dict[str, dict]:
+    """The asset events a producer run emitted, by asset name."""
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = (
+            session.query(AssetModel.name, AssetEvent.extra)
+            .join(AssetModel, AssetModel.id == AssetEvent.asset_id)
+            .filter(AssetEvent.source_dag_id == PRODUCER, AssetEvent.source_run_id == run_id)
+            .all()
+        )
+    return {name: extra for name, extra in rows}
+
+
+def queued_for_consumer() -> set[str]:
+    from airflow.models.asset import AssetDagRunQueue, AssetModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = (
+            session.query(AssetModel.name)
+            .join(AssetDagRunQueue, AssetDagRunQueue.asset_id == AssetModel.id)
+            .filter(AssetDagRunQueue.target_dag_id == CONSUMER)
+            .all()
+        )
+    return {name for (name,) in rows}
+
+
+def stored(s3) -> dict[str, dict]:
+    return {name: s3.head_object(Bucket=BUCKET, Key=key) for name, key in KEYS.items()}
+
+
+def expected_extra(mirror: Mirror, name: str) -> dict[str, object]:
+    data = mirror.originals[name]
+    return {
+        "site": SITE,
+        "uri": f"s3://{BUCKET}/{KEYS[name]}",
+        "bytes": len(data),
+        "rows": len(ET.fromstring(data).findall("row")),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "source_url": f"{mirror.base}/{SITE}.7z",
+    }
+
+
+def test_ingest_then_skip_then_force(dagbag, mirror: Mirror, s3) -> None:
+    first = run(dagbag, mirror.conf())
+    assert first.state == "success"
+    for name, key in KEYS.items():
+        assert s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == mirror.originals[name]
+    heads = stored(s3)
+    emitted = events(first.run_id)
+    assert set(emitted) == {RAW_POSTS.name, RAW_USERS.name}
+    for asset, name in [(RAW_POSTS, "Posts.xml"), (RAW_USERS, "Users.xml")]:
+        extra = emitted[asset.name]
+        assert set(extra) == {*expected_extra(mirror, name), "source_version"}
+        assert {k: v for k, v in extra.items() if k != "source_version"} == (
+            expected_extra(mirror, name)
+        )
+        assert extra["source_version"].startswith('etag:"')
+        metadata = heads[name]["Metadata"]
+        assert metadata["sha256"] == extra["sha256"] and metadata["rows"] == str(extra["rows"])
+        assert metadata["source-version"] == extra["source_version"]
+        assert metadata["source-url"] == extra["source_url"]
+    downloads = mirror.archive_gets()
+
+    second = run(dagbag, mirror.conf())
+    assert second.state == "success"
+    assert ti_state(second, "ingest") == "skipped"
+    assert events(second.run_id) == {}
+    assert mirror.archive_gets() == downloads  # not downloaded again
+    assert stored(s3)["Posts.xml"]["ETag"] == heads["Posts.xml"]["ETag"]
+
+    forced = run(dagbag, mirror.conf(force=True))
+    assert ti_state(forced, "ingest") == "success"
+    assert set(events(forced.run_id)) == {RAW_POSTS.name, RAW_USERS.name}
+    assert mirror.archive_gets() == downloads + 1
+
+
+def test_events_queue_the_consumer(dagbag, mirror: Mirror, s3) -> None:
+    """The real consumer DAG (synced to the DB, unpaused) is queued on both assets."""
+    assert CONSUMER in dagbag.dags, f"the consumer DAG does not import: {dagbag.import_errors}"
+    from airflow.models.asset import AssetDagRunQueue
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        session.query(AssetDagRunQueue).delete()
+    assert queued_for_consumer() == set()
+    assert ti_state(run(dagbag, mirror.conf(force=True)), "ingest") == "success"
+    assert queued_for_consumer() == {RAW_POSTS.name, RAW_USERS.name}
+
+
+def test_corrupt_archive_fails_and_leaves_s3_untouched(dagbag, mirror: Mirror, s3) -> None:
+    assert run(dagbag, mirror.conf()).state == "success"
+    before = stored(s3)
+    failed = run(dagbag, mirror.conf(site=f"corrupt.{SITE}"))
+    assert failed.state == "failed"
+    assert ti_state(failed, "ingest") == "failed"
+    assert events(failed.run_id) == {}
+    after = stored(s3)
+    for name in KEYS:
+        assert after[name]["ETag"] == before[name]["ETag"]
+        assert after[name]["Metadata"] == before[name]["Metadata"]
+
+
+def test_failed_second_upload_emits_nothing_and_next_run_reingests(
+    dagbag, mirror: Mirror, s3, aws_conn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert run(dagbag, mirror.conf()).state == "success"
+    deny_users = lambda method, path: method in ("PUT", "POST") and "Users.xml" in path  # noqa: E731
+    with S3FaultProxy(aws_conn, deny=deny_users) as proxy:
+        conn = json.loads(os.environ["AIRFLOW_CONN_AWS_CONN"])
+        conn["extra"]["endpoint_url"] = proxy.url
+        monkeypatch.setenv("AIRFLOW_CONN_AWS_CONN", json.dumps(conn))
+        broken = run(dagbag, mirror.conf(force=True))
+        assert proxy.denied
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_CONN", json.dumps({**conn, "extra": {
+        **conn["extra"], "endpoint_url": aws_conn}}))  # fmt: skip
+    assert broken.state == "failed"
+    assert events(broken.run_id) == {}
+    heads = stored(s3)
+    assert heads["Posts.xml"]["Metadata"]["ingest-id"].startswith(broken.run_id)
+    assert not heads["Users.xml"]["Metadata"]["ingest-id"].startswith(broken.run_id)
+
+    healed = run(dagbag, mirror.conf())  # same source version, no force: still re-ingests
+    assert ti_state(healed, "ingest") == "success"
+    assert set(events(healed.run_id)) == {RAW_POSTS.name, RAW_USERS.name}
+
+
+def test_airflow_dags_test_cli(dagbag, mirror: Mirror, s3) -> None:
+    """The documented command, as a user runs it: ``airflow dags test produce_data_asset -c``."""
+    conf = json.dumps(mirror.conf())
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("airflow")), "dags", "test", PRODUCER, "-c", conf],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": f"{DAGS_FOLDER}:{REPO}"},
+        timeout=300,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    assert "Posts.xml is valid" in output and "MB/s" in output
+    for name, key in KEYS.items():
+        assert s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == mirror.originals[name]
