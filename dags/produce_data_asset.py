@@ -89,7 +89,10 @@ def produce_data_asset() -> None:
         from stackexchange.ingest import check
 
         params = get_current_context()["params"]
-        return check(params["site"], params["source_base_url"], bool(params["force"]), AWS_CONN_ID)
+        with _fail_fast_on_permanent_errors():
+            return check(
+                params["site"], params["source_base_url"], bool(params["force"]), AWS_CONN_ID
+            )
 
     @task(outlets=[RAW_POSTS, RAW_USERS], execution_timeout=timedelta(hours=6))
     def ingest() -> None:

@@ -255,3 +255,14 @@ def test_airflow_dags_test_cli(dagbag, mirror: Mirror, s3) -> None:
     assert "Posts.xml is valid" in output and "MB/s" in output
     for name, key in KEYS.items():
         assert s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == mirror.originals[name]
+
+
+def test_unknown_site_fails_at_once_instead_of_retrying(
+    dagbag, mirror: Mirror, s3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dagbag.dags[PRODUCER].get_task("check_source"), "retries", 3)
+    failed = run(dagbag, mirror.conf(site="nosuch.stackexchange.com"))
+    assert failed.state == "failed"
+    check = failed.get_task_instance("check_source")
+    assert (check.state, check.try_number) == ("failed", 1)  # not up_for_retry
+    assert mirror.archive_gets("nosuch.stackexchange.com") == 0  # only the HEAD was sent
