@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 export PYTHONPATH := $(CURDIR)/dags:$(CURDIR)/notebooks:$(CURDIR)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test lint fmt bench constraints
+.PHONY: help setup java test lint fmt bench constraints
 
 help: ## List the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -27,7 +27,10 @@ $(VENV)/.installed: $(BIN)/python constraints.txt requirements.txt requirements-
 
 setup: $(VENV)/.installed ## Create .venv with Airflow and every pinned dependency
 
-test: setup ## Run the whole test suite
+java: setup ## Java 17 for PySpark (apt-get when root on Debian/Ubuntu, else how to install it)
+	@$(BIN)/python -c 'from local.stack.prerequisites import ensure_java; ensure_java(print)'
+
+test: setup java ## Run the whole test suite
 	$(BIN)/pytest
 
 lint: setup ## ruff lint + format check
