@@ -8,16 +8,21 @@ entity-expansion file is never expanded). Nothing is held in memory beyond one c
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
+import queue
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 from xml.parsers import expat
 
 ROOTS = {"Posts.xml": "posts", "Users.xml": "users"}
+PIPE_BYTES = 1 << 20
+QUEUED_CHUNKS = 4  # py7zr hands over chunks of a few MiB
 
 
 class DumpXmlError(ValueError):
@@ -70,12 +75,12 @@ class DumpValidator:
     whether the bytes themselves were intact (the archive's CRC), which is the better message.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, digest: bool = True) -> None:
         if name not in ROOTS:
             raise ValueError(f"no validation rules for {name}; known: {', '.join(ROOTS)}")
         self.name = name
         self.bytes = 0
-        self._sha256 = hashlib.sha256()
+        self._sha256 = hashlib.sha256() if digest else None
         self._structure = _Structure(name, ROOTS[name])
         self._error: DumpXmlError | None = None
         self._parser = expat.ParserCreate()
@@ -86,7 +91,8 @@ class DumpValidator:
         self._parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
 
     def feed(self, data: bytes) -> None:
-        self._sha256.update(data)
+        if self._sha256 is not None:
+            self._sha256.update(data)
         self.bytes += len(data)
         self._parse(data, final=False)
 
@@ -112,9 +118,8 @@ class DumpValidator:
             raise self._error
         if self._structure.rows == 0:
             raise DumpXmlError(f"{self.name}: <{self._structure.root}> holds no <row> elements")
-        return ValidatedFile(
-            self.name, path, self.bytes, self._structure.rows, self._sha256.hexdigest()
-        )
+        digest = self._sha256.hexdigest() if self._sha256 is not None else ""
+        return ValidatedFile(self.name, path, self.bytes, self._structure.rows, digest)
 
 
 class ValidatingWriter:
@@ -135,18 +140,45 @@ class ValidatingWriter:
         )
         assert self._child.stdin is not None
         self._pipe: BinaryIO | None = self._child.stdin
+        # A pipe holds 64 KiB by default; a larger one lets the child parse while we write
+        # (Linux; the most an unprivileged process gets is /proc/sys/fs/pipe-max-size).
+        with contextlib.suppress(OSError, AttributeError):
+            fcntl.fcntl(self._pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        # Disk and pipe writes happen on a thread, so decompression (which, like those writes,
+        # releases the GIL) goes on while the child parses. The queue bounds the memory.
+        self._chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=QUEUED_CHUNKS)
+        self._write_error: OSError | None = None
+        self._sha256 = hashlib.sha256()  # here, so the child (the slowest part) only parses
+        self._writer = threading.Thread(target=self._drain, name=f"write-{name}", daemon=True)
+        self._writer.start()
 
     def write(self, data: bytes | bytearray) -> int:
-        self._out.write(data)
-        if self._pipe is not None:
-            try:
-                self._pipe.write(data)
-            except BrokenPipeError:  # the child died; finish() reports how
-                self._pipe = None
+        if self._write_error is not None:
+            raise self._write_error
+        self._chunks.put(bytes(data))  # a copy: the caller may reuse its buffer
         return len(data)
 
+    def _drain(self) -> None:
+        while (chunk := self._chunks.get()) is not None:
+            if self._write_error is not None:
+                continue  # keep emptying the queue so write() never blocks forever
+            self._sha256.update(chunk)
+            try:
+                self._out.write(chunk)
+            except OSError as exc:  # e.g. the disk is full
+                self._write_error = exc
+                continue
+            if self._pipe is not None:
+                try:
+                    self._pipe.write(chunk)
+                except BrokenPipeError:  # the child died; finish() reports how
+                    self._pipe = None
+
     def close(self) -> None:
-        """Close the file and the pipe; the child then reports and exits."""
+        """Flush, close the file and the pipe; the child then reports and exits."""
+        if self._writer.is_alive():
+            self._chunks.put(None)
+            self._writer.join()
         self._out.close()
         if self._pipe is not None:
             with contextlib.suppress(BrokenPipeError):
@@ -157,6 +189,8 @@ class ValidatingWriter:
     def finish(self) -> ValidatedFile:
         """Close the file and return what it holds, or raise the first problem found."""
         self.close()
+        if self._write_error is not None:
+            raise self._write_error
         assert self._child.stdout is not None
         output = self._child.stdout.read()
         if self._child.returncode != 0:
@@ -165,15 +199,20 @@ class ValidatingWriter:
         if "error" in result:
             raise DumpXmlError(result["error"])
         return ValidatedFile(
-            self.name, self.path, result["bytes"], result["rows"], result["sha256"]
+            self.name, self.path, result["bytes"], result["rows"], self._sha256.hexdigest()
         )
 
 
 def validate_stream(
-    stream: BinaryIO, name: str, path: Path | None = None, chunk_bytes: int = 1 << 20
+    stream: BinaryIO,
+    name: str,
+    path: Path | None = None,
+    chunk_bytes: int = 1 << 20,
+    *,
+    digest: bool = True,
 ) -> ValidatedFile:
     """Validate a dump file read from ``stream`` (``name`` picks the rules)."""
-    validator = DumpValidator(name)
+    validator = DumpValidator(name, digest=digest)
     while chunk := stream.read(chunk_bytes):
         validator.feed(chunk)
     return validator.finish(path or Path(name))
@@ -188,8 +227,8 @@ def validate_file(path: Path, name: str | None = None, chunk_bytes: int = 1 << 2
 def _validate_stdin(name: str) -> None:
     """The child of ValidatingWriter: validate stdin, print the result as one JSON line."""
     try:
-        result = validate_stream(sys.stdin.buffer, name)
-        print(json.dumps({"bytes": result.bytes, "rows": result.rows, "sha256": result.sha256}))
+        result = validate_stream(sys.stdin.buffer, name, digest=False)  # the parent hashes
+        print(json.dumps({"bytes": result.bytes, "rows": result.rows}))
     except DumpXmlError as exc:
         print(json.dumps({"error": str(exc)}))
 
