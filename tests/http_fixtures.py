@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Self
 
 CHUNK = 1 << 20
 
@@ -41,15 +42,11 @@ class Request:
     headers: dict[str, str]
 
 
-@dataclass
-class DumpServer:
-    root: Path
-    faults: Faults = field(default_factory=Faults)
-    requests: list[Request] = field(default_factory=list)
+class _LocalServer:
+    """An HTTP server on 127.0.0.1 and a free port, serving on a thread inside ``with``."""
 
-    def __post_init__(self) -> None:
-        self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+    def _serve(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -57,7 +54,7 @@ class DumpServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
-    def __enter__(self) -> DumpServer:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -65,6 +62,17 @@ class DumpServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join()
+
+
+@dataclass
+class DumpServer(_LocalServer):
+    root: Path
+    faults: Faults = field(default_factory=Faults)
+    requests: list[Request] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._serve(self._handler())
 
     def take(self, counter: str) -> bool:
         """Consume one fault of kind ``counter`` if any is left."""
@@ -150,7 +158,7 @@ class DumpServer:
         return Handler
 
 
-class S3FaultProxy:
+class S3FaultProxy(_LocalServer):
     """Forwards every request to ``upstream`` except those ``deny(method, path)`` picks,
     which get S3's 403 AccessDenied."""
 
@@ -158,22 +166,7 @@ class S3FaultProxy:
         self.upstream = urllib.parse.urlsplit(upstream)
         self.deny = deny
         self.denied: list[str] = []
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def __enter__(self) -> S3FaultProxy:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
+        self._serve(self._handler())
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         proxy = self
