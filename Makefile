@@ -14,7 +14,7 @@ export PYTHONPATH := $(CURDIR)/dags:$(CURDIR)/notebooks:$(CURDIR)
 .PHONY: help setup java test lint fmt bench constraints
 
 help: ## List the targets
-	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 $(BIN)/python:
 	@$(PYTHON) -m venv $(VENV) || { echo "Cannot create $(VENV): install Python $(PYTHON_VERSION) with venv (Debian/Ubuntu: apt-get install python$(PYTHON_VERSION)-venv)"; exit 1; }
