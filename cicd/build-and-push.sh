@@ -33,7 +33,6 @@ main() {
     parse_tag_arg "${REST_ARGS[@]+"${REST_ARGS[@]}"}"
     local tag="$TAG"
     load_config
-    [ "$DRY_RUN" = 0 ] || info "Dry run: printing the commands, running none"
     [ "$tag" != latest ] || die "refusing the tag 'latest': every build gets a unique tag"
     [ -n "$tag" ] || tag="$(new_image_tag)"
     require_tools docker aws git

@@ -50,7 +50,6 @@ main() {
         esac
     done
     load_config
-    [ "$DRY_RUN" = 0 ] || info "Dry run: printing the commands, running none"
     require_tools docker kind kubectl helm
     confirm
 

@@ -28,7 +28,6 @@ main() {
     parse_tag_arg "${REST_ARGS[@]+"${REST_ARGS[@]}"}"
     local tag="$TAG"
     load_config
-    [ "$DRY_RUN" = 0 ] || info "Dry run: printing the commands, running none"
     require_tools docker kind kubectl helm aws
     aws_identity
     ensure_cluster

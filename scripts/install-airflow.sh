@@ -25,7 +25,6 @@ main() {
     parse_common_args "$@"
     [ ${#REST_ARGS[@]} -eq 0 ] || die "unknown argument '${REST_ARGS[0]}' (see --help)"
     load_config
-    [ "$DRY_RUN" = 0 ] || info "Dry run: printing the commands, running none"
     require_tools docker kind kubectl helm git
     ensure_cluster
 

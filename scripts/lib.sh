@@ -109,7 +109,8 @@ parse_tag_arg() {
     done
 }
 
-# versions.env, then the env file (default .env, see .env.example), then defaults.
+# versions.env, then the env file (default .env, see .env.example), then defaults; announces a
+# dry run.
 load_config() {
     set -a
     # shellcheck source-path=SCRIPTDIR source=../versions.env
@@ -146,6 +147,7 @@ load_config() {
     true | false) ;;
     *) die "PERSISTENCE must be true or false (got '$PERSISTENCE')" ;;
     esac
+    [ "$DRY_RUN" = 0 ] || info "Dry run: printing the commands, running none"
 }
 
 # ---------------------------------------------------------------------------------------------
