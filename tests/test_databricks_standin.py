@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
 
-import boto3
 import pytest
 import requests
 
@@ -18,7 +17,8 @@ from local.databricks_standin.bundle import Job
 from local.databricks_standin.runs import Runner
 from local.databricks_standin.server import JobsApi, make_server
 from local.sample_dump import write_site
-from tests.databricks_fixtures import MOTO_CREDENTIALS, StandIn
+from tests.databricks_fixtures import StandIn
+from tests.moto_s3 import s3_client
 
 JOB = "stackexchange_medallion"
 
@@ -72,10 +72,7 @@ def s3_dump(databricks_standin: StandIn, tmp_path_factory: pytest.TempPathFactor
     """A generated site uploaded to the moto server the stand-in reads s3:// from."""
     directory = tmp_path_factory.mktemp("s3dump")
     write_site(directory, posts=300, users=40, seed=9, other_files=False)
-    s3 = boto3.client("s3", endpoint_url=databricks_standin.s3_endpoint, **{
-        "aws_access_key_id": MOTO_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        "aws_secret_access_key": MOTO_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-        "region_name": "us-east-1"})  # fmt: skip
+    s3 = s3_client(databricks_standin.s3_endpoint)
     s3.create_bucket(Bucket="standin-test")
     for name in ("Posts", "Users"):
         s3.upload_file(str(directory / f"{name}.xml"), "standin-test", f"raw/{name}.xml")

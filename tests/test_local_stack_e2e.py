@@ -16,7 +16,6 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import boto3
 import psutil
 import py7zr
 import pytest
@@ -26,6 +25,7 @@ from local.databricks_standin import read_table
 from local.stack import processes
 from stackexchange.assets import RAW_POSTS, RAW_USERS
 from tests import stack_harness
+from tests.moto_s3 import s3_client
 from tests.stack_harness import RunningStack
 
 pytestmark = pytest.mark.e2e
@@ -105,13 +105,7 @@ def test_two_asset_events_carry_the_published_objects(
     events = local_stack.api().asset_events(PRODUCER, info.producer_run_id)
     by_uri = {event["uri"]: event for event in events}
     assert len(events) == 2 and set(by_uri) == {RAW_POSTS.uri, RAW_USERS.uri}
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=info.s3_endpoint,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="us-east-1",
-    )
+    s3 = s3_client(info.s3_endpoint)
     for asset, name in ((RAW_POSTS, "Posts.xml"), (RAW_USERS, "Users.xml")):
         event = by_uri[asset.uri]
         extra = event["extra"]

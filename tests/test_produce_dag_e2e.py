@@ -15,13 +15,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import boto3
 import pytest
-from botocore.config import Config
 
 from local.sample_dump import pack_7z, write_site
 from stackexchange.assets import BUCKET, POSTS_KEY, RAW_POSTS, RAW_USERS, USERS_KEY
 from tests.http_fixtures import DumpServer, S3FaultProxy
+from tests.moto_s3 import s3_client
 
 REPO = Path(__file__).resolve().parents[1]  # not from conftest: importing it twice resets
 DAGS_FOLDER = REPO / "dags"  # the session's AIRFLOW_HOME
@@ -86,14 +85,7 @@ def dagbag(airflow_db: None):  # an airflow.models.DagBag, synced to the DB
 @pytest.fixture
 def s3(aws_conn: str, monkeypatch: pytest.MonkeyPatch):  # a boto3 S3 client on moto
     monkeypatch.setenv("STACKEXCHANGE_DOWNLOAD_BACKOFF_SECONDS", "0")
-    client = boto3.client(
-        "s3",
-        endpoint_url=aws_conn,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        config=Config(response_checksum_validation="when_required"),
-    )
+    client = s3_client(aws_conn)
     with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
         client.create_bucket(Bucket=BUCKET)
     client.delete_objects(

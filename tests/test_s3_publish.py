@@ -7,14 +7,13 @@ import os
 import uuid
 from pathlib import Path
 
-import boto3
 import pytest
-from botocore.config import Config
 
 from local.sample_dump import write_site
 from stackexchange import s3_publish
 from stackexchange.dump_xml import ValidatedFile, validate_file
 from tests.http_fixtures import S3FaultProxy
+from tests.moto_s3 import s3_client
 
 URL = "https://mirror.example/demo.stackexchange.com.7z"
 KEYS = ["raw/test/Posts.xml", "raw/test/Users.xml"]
@@ -31,21 +30,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> list[ValidatedFile]:
 @pytest.fixture
 def bucket(aws_conn: str) -> str:
     name = f"test-{uuid.uuid4().hex[:12]}"
-    s3(aws_conn).create_bucket(Bucket=name)
+    s3_client(aws_conn).create_bucket(Bucket=name)
     return name
-
-
-def s3(endpoint: str):  # a boto3 S3 client
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        # moto 5.1.5 returns a whole-object CRC for multipart objects that botocore rejects;
-        # the test compares the bytes itself.
-        config=Config(response_checksum_validation="when_required"),
-    )
 
 
 def metadata(ingest_id: str, version: str = 'etag:"v1"') -> dict[str, str]:
@@ -62,7 +48,7 @@ def test_publish_writes_bytes_and_metadata_multipart(
     hook = s3_publish.s3_hook("aws_conn")
     s3_publish.check_bucket(hook, bucket)
     s3_publish.publish(hook, bucket, uploads(files), metadata("run-1"))
-    client = s3(aws_conn)
+    client = s3_client(aws_conn)
     for key, file in zip(KEYS, files, strict=True):
         obj = client.get_object(Bucket=bucket, Key=key)
         assert obj["Body"].read() == file.path.read_bytes()
