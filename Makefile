@@ -41,7 +41,7 @@ fmt: setup ## Format and auto-fix with ruff
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: setup ## Print performance figures (ingest, Databricks job, local stack); see benchmarks/
+bench: setup java ## Print performance figures (ingest, Databricks job, local stack); see benchmarks/
 	$(BIN)/python -m benchmarks.ingest
 	$(BIN)/python -m benchmarks.databricks_job
 	$(BIN)/python -m benchmarks.local_stack

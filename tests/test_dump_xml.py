@@ -82,6 +82,7 @@ def test_garbage_inside_is_malformed(site: Path, tmp_path: Path) -> None:
         (b"", "the file is empty"),
         (b'\xef\xbb\xbf<?xml version="1.0" encoding="utf-8"?>\r\n<posts>\r\n</posts>', "no <row>"),
         (b"<posts><row Id='1'/><comment/></posts>", r"unexpected element <comment>"),
+        (b"<posts><row Id='1'><b>x</b></row></posts>", r"unexpected element <b>"),
         (b"<row Id='1'/>", r"root element must be <posts>"),
     ],
 )

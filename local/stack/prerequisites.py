@@ -1,4 +1,7 @@
-"""System prerequisites of the stack that pip cannot install: Java 17 for Spark."""
+"""System prerequisites pip cannot install: Java 17 for Spark, the 7z tool for the benchmark.
+
+Each is installed with apt-get when we are root on Debian/Ubuntu; otherwise the error says how.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,20 @@ from collections.abc import Callable
 from local.stack.processes import StackError
 
 JAVA_PACKAGE = "openjdk-17-jre-headless"
+SEVEN_ZIP_PACKAGE = "7zip"  # Debian 12+/Ubuntu 24.04+; its binary is 7zz
+
+
+def _apt_install(package: str, why: str, log: Callable[[str], None]) -> None:
+    """Install ``package`` with apt-get if we can (root on Debian/Ubuntu); else do nothing."""
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        return
+    log(f"Installing {package} ({why}) with apt-get")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (
+        ["apt-get", "update", "-qq"],
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", package],
+    ):
+        subprocess.run(cmd, env=env, check=True)
 
 
 def java_major() -> int | None:
@@ -23,23 +40,35 @@ def java_major() -> int | None:
 
 
 def ensure_java(log: Callable[[str], None]) -> None:
-    """Java 17+ for PySpark: install it with apt when root on Debian/Ubuntu, else say how."""
+    """Java 17+ for PySpark."""
     major = java_major()
     if major is not None and major >= 17:
         return
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        log(f"Installing {JAVA_PACKAGE} (PySpark needs Java 17) with apt-get")
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        for cmd in (
-            ["apt-get", "update", "-qq"],
-            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", JAVA_PACKAGE],
-        ):
-            subprocess.run(cmd, env=env, check=True)
-        if (java_major() or 0) >= 17:
-            return
+    _apt_install(JAVA_PACKAGE, "PySpark needs Java 17", log)
+    if (java_major() or 0) >= 17:
+        return
     found = f"found Java {major}" if major else "no java on PATH"
     raise StackError(
         f"PySpark needs Java 17 or newer ({found}). Install it, e.g. "
         f"'sudo apt-get install {JAVA_PACKAGE}' (Debian/Ubuntu) or 'brew install openjdk@17' "
-        "(macOS), then run make demo again."
+        "(macOS), then run again."
+    )
+
+
+def seven_zip() -> str | None:
+    """The 7-Zip command line tool on PATH (``7zz`` from Debian's 7zip, or ``7z``)."""
+    return next((found for name in ("7zz", "7z") if (found := shutil.which(name))), None)
+
+
+def ensure_seven_zip(log: Callable[[str], None]) -> str:
+    """The 7z tool the ingest benchmark's baseline runs; its path."""
+    if found := seven_zip():
+        return found
+    _apt_install(SEVEN_ZIP_PACKAGE, "the ingest benchmark's baseline runs 7z", log)
+    if found := seven_zip():
+        return found
+    raise StackError(
+        f"The ingest benchmark needs the 7z tool. Install it, e.g. 'sudo apt-get install "
+        f"{SEVEN_ZIP_PACKAGE}' (Debian 12+/Ubuntu 24.04+; 'p7zip-full' on older ones) or "
+        "'brew install sevenzip' (macOS), then run again."
     )
