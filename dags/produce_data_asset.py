@@ -7,8 +7,8 @@ into S3 as two Assets, `stackexchange_raw_posts` and `stackexchange_raw_users`, 
 
 1. **check_source**: HEAD the archive `{source_base_url}/{site}.7z` (redirects followed) and
    read the S3 objects' metadata. If both objects hold this source version (ETag, else
-   Last-Modified and size), the run stops here: no download, no asset event. `force` ingests
-   anyway.
+   Last-Modified and size), written by a run whose `ingest` succeeded, the run stops here: no
+   download, no asset event. `force` ingests anyway.
 2. **ingest**: stream the archive to a temporary directory (resuming with HTTP Range after
    transient faults), verify its size and the checksum archive.org publishes, extract only
    `Posts.xml` and `Users.xml` while validating and hashing them, upload both to S3 (managed
@@ -88,16 +88,28 @@ def produce_data_asset() -> None:
         """Is there anything to ingest? False skips the ingest: no download, no asset event."""
         from stackexchange.ingest import check
 
-        params = get_current_context()["params"]
+        context = get_current_context()
+        params, ti = context["params"], context["ti"]
+
+        def ingest_succeeded(run_id: str) -> bool:
+            done = ti.get_ti_count(dag_id=ti.dag_id, task_ids=["ingest"], run_ids=[run_id],
+                                   states=["success"])  # fmt: skip
+            return done > 0
+
         with _fail_fast_on_permanent_errors():
             return check(
-                params["site"], params["source_base_url"], bool(params["force"]), AWS_CONN_ID
+                params["site"],
+                params["source_base_url"],
+                bool(params["force"]),
+                AWS_CONN_ID,
+                ingest_succeeded,
             )
 
     @task(outlets=[RAW_POSTS, RAW_USERS], execution_timeout=timedelta(hours=6))
     def ingest() -> None:
         """Download, verify, extract, validate, upload; then one asset event per object."""
         from stackexchange.ingest import ingest as run_ingest
+        from stackexchange.ingest import ingest_id
 
         context = get_current_context()
         params, ti = context["params"], context["ti"]
@@ -106,7 +118,7 @@ def produce_data_asset() -> None:
                 params["site"],
                 params["source_base_url"],
                 AWS_CONN_ID,
-                ingest_id=f"{ti.run_id}#{ti.try_number}",
+                ingest_id=ingest_id(ti.run_id, ti.try_number),
             )
         assets = {RAW_POSTS.uri: RAW_POSTS, RAW_USERS.uri: RAW_USERS}
         for item in published:

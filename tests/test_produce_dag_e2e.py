@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import subprocess
@@ -13,6 +14,7 @@ import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -42,7 +44,9 @@ class Mirror:
         return f"{self.server.url}/stackexchange"
 
     def conf(self, site: str = SITE, **extra: object) -> dict[str, object]:
-        return {"site": site, "source_base_url": self.base, **extra}
+        # Every param, always: in-process dag.test() runs keep an earlier run's conf in the
+        # task's params (each real task process starts afresh), so `force` would stick.
+        return {"site": site, "source_base_url": self.base, "force": False, **extra}
 
     def archive_gets(self, site: str = SITE) -> int:
         return len(self.server.gets(f"{site}.7z"))
@@ -94,8 +98,14 @@ def s3(aws_conn: str, monkeypatch: pytest.MonkeyPatch):  # a boto3 S3 client on 
     return client
 
 
+_runs = itertools.count()
+
+
 def run(dagbag, conf: dict[str, object]):  # the finished DagRun
-    return dagbag.dags[PRODUCER].test(run_conf=conf)
+    """Each run has its own logical date: ``dag.test()`` deletes the earlier runs of the same
+    one (None matches every manual run), and check_source looks the earlier runs up."""
+    logical_date = datetime(2025, 1, 1, tzinfo=UTC) + timedelta(days=next(_runs))
+    return dagbag.dags[PRODUCER].test(run_conf=conf, logical_date=logical_date)
 
 
 def ti_state(dag_run, task_id: str) -> str:
@@ -229,6 +239,31 @@ def test_failed_second_upload_emits_nothing_and_next_run_reingests(
     healed = run(dagbag, mirror.conf())  # same source version, no force: still re-ingests
     assert ti_state(healed, "ingest") == "success"
     assert set(events(healed.run_id)) == {RAW_POSTS.name, RAW_USERS.name}
+
+
+def test_a_pair_whose_events_were_never_recorded_is_ingested_again(
+    dagbag, mirror: Mirror, s3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker dies after both uploads, before Airflow records the events: S3 holds a
+    complete pair of this version, but the consumer never heard of it, so it does not count."""
+    from stackexchange import ingest
+
+    def worker_lost(_published: object) -> dict[str, object]:
+        raise RuntimeError("worker lost after the uploads")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ingest.Published, "extra", property(worker_lost))
+        died = run(dagbag, mirror.conf(force=True))
+    assert died.state == "failed"
+    assert events(died.run_id) == {}
+    for head in stored(s3).values():
+        assert head["Metadata"]["ingest-id"].startswith(f"{died.run_id}#")
+    downloads = mirror.archive_gets()
+
+    healed = run(dagbag, mirror.conf())  # same source version, no force
+    assert ti_state(healed, "ingest") == "success"
+    assert set(events(healed.run_id)) == {RAW_POSTS.name, RAW_USERS.name}
+    assert mirror.archive_gets() == downloads + 1
 
 
 def test_airflow_dags_test_cli(dagbag, mirror: Mirror, s3) -> None:

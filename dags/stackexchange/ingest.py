@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,8 +53,28 @@ class Published:
         }
 
 
-def check(site: str, source_base_url: str, force: bool, aws_conn_id: str) -> bool:
-    """True if the dump must be ingested: S3 lacks this source version, or ``force``."""
+def ingest_id(run_id: str, try_number: int) -> str:
+    """The id recorded on both objects: which DAG run (and try) wrote them."""
+    return f"{run_id}#{try_number}"
+
+
+def run_id_of(ingest_id: str) -> str:
+    return ingest_id.rpartition("#")[0]
+
+
+def check(
+    site: str,
+    source_base_url: str,
+    force: bool,
+    aws_conn_id: str,
+    ingest_succeeded: Callable[[str], bool],
+) -> bool:
+    """True if the dump must be ingested: S3 lacks this source version, or ``force``.
+
+    ``ingest_succeeded(run_id)`` tells whether that run's ingest task succeeded. A run can
+    die after both uploads but before Airflow records its asset events; S3 then holds an
+    up-to-date pair that the consumer never heard of, so that pair does not count.
+    """
     url = source.archive_url(source_base_url, site)
     hook = s3_publish.s3_hook(aws_conn_id)
     s3_publish.check_bucket(hook, BUCKET)
@@ -62,6 +83,14 @@ def check(site: str, source_base_url: str, force: bool, aws_conn_id: str) -> boo
     log.info("Source %s: %s, version %s", url, size, info.version)
     stored = s3_publish.stored_metadata(hook, BUCKET, list(MEMBER_KEYS.values()))
     current, reason = s3_publish.up_to_date(stored, url, info.version)
+    if current:  # both objects exist and carry the same ingest id
+        writer = run_id_of(stored[POSTS_KEY]["ingest-id"])  # type: ignore[index]
+        if not writer or not ingest_succeeded(writer):
+            current = False
+            reason = (
+                f"{reason}, but the run that wrote them ({writer or 'not a DAG run'}) has no "
+                "successful ingest, so its asset events may never have been recorded"
+            )
     if force:
         log.info("force=true: ingesting whatever S3 holds (%s)", reason)
         return True
