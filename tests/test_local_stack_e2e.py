@@ -124,6 +124,20 @@ def test_two_asset_events_carry_the_published_objects(
         assert info.consumer_run_id in consumer_runs
 
 
+def test_a_second_run_of_the_same_dump_skips(local_stack: RunningStack) -> None:
+    """check_source asks the real API server whether the run that wrote the pair succeeded;
+    it did, so the pair counts as published: no download, no asset event."""
+    api, info = local_stack.api(), local_stack.info
+    run_id = api.trigger(PRODUCER, {"source_base_url": info.files_url, "site": info.site})[
+        "dag_run_id"]  # fmt: skip
+    processes.wait_for(f"{PRODUCER} run {run_id} to finish",
+                       lambda: api.dag_run(PRODUCER, run_id)["state"] in ("success", "failed"),
+                       timeout=180)  # fmt: skip
+    states = {ti["task_id"]: ti["state"] for ti in api.task_instances(PRODUCER, run_id)}
+    assert states == {"check_source": "success", "ingest": "skipped"}
+    assert api.asset_events(PRODUCER, run_id) == []
+
+
 def _job_parameters(stack: RunningStack) -> dict[str, str]:
     info = stack.info
     token = Path(info.databricks_token_file).read_text().strip()
