@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import io
 import json
 import queue
 import subprocess
@@ -210,7 +211,7 @@ class ValidatingWriter:
 
 
 def validate_stream(
-    stream: BinaryIO,
+    stream: BinaryIO | io.RawIOBase,
     name: str,
     path: Path | None = None,
     chunk_bytes: int = 1 << 20,
@@ -236,7 +237,7 @@ def _validate_stdin(name: str) -> None:
     try:
         # Unbuffered: each read takes what the pipe holds, no copy through a buffer.
         stdin = sys.stdin.buffer.raw
-        result = validate_stream(stdin, name, chunk_bytes=PIPE_BYTES, digest=False)  # type: ignore[arg-type]
+        result = validate_stream(stdin, name, chunk_bytes=PIPE_BYTES, digest=False)
         print(json.dumps({"bytes": result.bytes, "rows": result.rows}))
     except DumpXmlError as exc:
         print(json.dumps({"error": str(exc)}))

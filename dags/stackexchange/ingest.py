@@ -84,7 +84,7 @@ def check(
     stored = s3_publish.stored_metadata(hook, BUCKET, list(MEMBER_KEYS.values()))
     current, reason = s3_publish.up_to_date(stored, url, info.version)
     if current:  # both objects exist and carry the same ingest id
-        writer = run_id_of(stored[POSTS_KEY]["ingest-id"])  # type: ignore[index]
+        writer = run_id_of((stored[POSTS_KEY] or {}).get("ingest-id", ""))
         if not writer or not ingest_succeeded(writer):
             current = False
             reason = (
