@@ -20,6 +20,14 @@ from local.databricks_standin.bundle import Job, Task
 from local.databricks_standin.notebooks import Widgets, run_notebook
 
 
+def _api_state(life_cycle_state: str, state_message: str, result_state: str) -> dict[str, str]:
+    """A run's or task's ``state`` object; ``result_state`` only once there is one."""
+    state = {"life_cycle_state": life_cycle_state, "state_message": state_message}
+    if result_state:
+        state["result_state"] = result_state
+    return state
+
+
 @dataclass
 class TaskRun:
     run_id: int
@@ -33,15 +41,12 @@ class TaskRun:
     end_time: int = 0
 
     def to_api(self) -> dict[str, Any]:
-        state = {"life_cycle_state": self.life_cycle_state, "state_message": self.state_message}
-        if self.result_state:
-            state["result_state"] = self.result_state
         return {
             "run_id": self.run_id,
             "task_key": self.task.key,
             "notebook_task": {"notebook_path": str(self.task.notebook)},
             "depends_on": [{"task_key": key} for key in self.task.depends_on],
-            "state": state,
+            "state": _api_state(self.life_cycle_state, self.state_message, self.result_state),
             "start_time": self.start_time,
             "end_time": self.end_time,
         }
@@ -63,9 +68,6 @@ class JobRun:
     cancel_requested: bool = False
 
     def to_api(self) -> dict[str, Any]:
-        state = {"life_cycle_state": self.life_cycle_state, "state_message": self.state_message}
-        if self.result_state:
-            state["result_state"] = self.result_state
         return {
             "job_id": self.job_id,
             "run_id": self.run_id,
@@ -73,7 +75,7 @@ class JobRun:
             "number_in_job": self.run_id,
             "run_page_url": self.run_page_url,
             "run_type": "JOB_RUN",
-            "state": state,
+            "state": _api_state(self.life_cycle_state, self.state_message, self.result_state),
             "job_parameters": [
                 {"name": name, "default": self.job.parameters[name], "value": value}
                 for name, value in self.parameters.items()
