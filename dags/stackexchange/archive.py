@@ -69,8 +69,9 @@ def _corrupt(archive: Path, detail: object) -> ArchiveError:
     )
 
 
-def member_names(archive: Path) -> list[str]:
-    """The archive's member names; raises ArchiveError if it is not a readable 7z archive."""
+def _open(archive: Path) -> py7zr.SevenZipFile:
+    """The archive with its header read (and CRC-checked); ArchiveError if it is not a
+    readable 7z archive."""
     if not py7zr.is_7zfile(archive):
         with archive.open("rb") as f:
             head = f.read(16)
@@ -79,8 +80,7 @@ def member_names(archive: Path) -> list[str]:
             "source_base_url serves the Stack Exchange .7z dumps, not an HTML page"
         )
     try:
-        with py7zr.SevenZipFile(archive) as z:
-            return z.getnames()
+        return py7zr.SevenZipFile(archive)
     except (py7zr.exceptions.ArchiveError, lzma.LZMAError, EOFError, OSError) as exc:
         raise _corrupt(archive, f"unreadable header: {exc}") from exc
 
@@ -89,17 +89,18 @@ def extract(
     archive: Path, members: Sequence[str], open_writer: Callable[[str], MemberWriter]
 ) -> None:
     """Stream ``members`` (at the archive root) into writers from ``open_writer(name)``."""
-    names = member_names(archive)
-    missing = [m for m in members if m not in names]
-    if missing:
-        raise ArchiveError(
-            f"{archive.name} has no {' or '.join(missing)}; it contains: "
-            f"{', '.join(sorted(names)) or 'nothing'}. Is it a Stack Exchange site dump? "
-            "(stackoverflow.com is split into one archive per file and is not supported)"
-        )
     factory = _Factory(open_writer)
     try:
-        with py7zr.SevenZipFile(archive) as z:
+        with _open(archive) as z:
+            names = z.getnames()
+            missing = [m for m in members if m not in names]
+            if missing:
+                raise ArchiveError(
+                    f"{archive.name} has no {' or '.join(missing)}; it contains: "
+                    f"{', '.join(sorted(names)) or 'nothing'}. Is it a Stack Exchange site "
+                    "dump? (stackoverflow.com is split into one archive per file and is not "
+                    "supported)"
+                )
             z.extract(targets=list(members), factory=factory)
     except py7zr.exceptions.CrcError as exc:
         raise _corrupt(archive, f"CRC check failed for {exc.args[2] or 'a block'}") from exc
