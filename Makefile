@@ -49,6 +49,7 @@ bench: setup java ## Print performance figures (ingest, Databricks job, local st
 constraints: $(BIN)/python ## Regenerate constraints.txt (Airflow's release-time set + our pins)
 	{ sed -n '1,4p' constraints.txt; \
 	  $(BIN)/uv pip compile --quiet --python-version $(PYTHON_VERSION) --exclude-newer $(CONSTRAINTS_CUTOFF) \
+		$(foreach p,$(CONSTRAINTS_CUTOFF_EXCEPTIONS),--exclude-newer-package $(p)) \
 		--no-header --no-annotate <(echo "apache-airflow[postgres]==$(AIRFLOW_VERSION)") requirements-dev.txt; \
 	} > constraints.txt.new && mv constraints.txt.new constraints.txt
 
