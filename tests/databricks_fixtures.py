@@ -1,4 +1,5 @@
-"""Fixtures for the Databricks half: one local Spark session, one stand-in server per session.
+"""Fixtures for the Databricks half: one local Spark session, one stand-in server per session,
+and in-process stand-ins whose task bodies a test scripts (no Spark).
 
 Imported by conftest.py so every test module can use them.
 """
@@ -9,7 +10,8 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,3 +87,88 @@ def databricks_standin(
         finally:
             process.terminate()
             process.wait(timeout=30)
+
+
+class ScriptedTasks:
+    """A ``TaskExecutor`` for tests: each task key's body is a function of the job parameters.
+
+    A task without a body succeeds at once. ``hold(key)`` makes that task wait until
+    ``release()`` or until its run is cancelled (then it raises, as a cancelled notebook does).
+    """
+
+    def __init__(
+        self, bodies: Mapping[str, Callable[[Mapping[str, str]], str | None]] | None = None
+    ) -> None:
+        self.bodies = dict(bodies or {})
+        self.started: list[str] = []
+        self._held: set[str] = set()
+        self._released = threading.Event()
+        self._cancelled: set[int] = set()
+        self._changed = threading.Condition()
+
+    def hold(self, key: str) -> None:
+        self._held.add(key)
+
+    def release(self) -> None:
+        with self._changed:
+            self._released.set()
+            self._changed.notify_all()
+
+    def run(self, task_run_id: int, task, parameters: Mapping[str, str]) -> str | None:
+        self.started.append(task.key)
+        if task.key in self._held:
+            with self._changed:
+                done = self._changed.wait_for(
+                    lambda: self._released.is_set() or task_run_id in self._cancelled, timeout=60
+                )
+            if not done or task_run_id in self._cancelled:
+                raise RuntimeError(f"task {task.key} was cancelled")
+        body = self.bodies.get(task.key)
+        return body(parameters) if body else None
+
+    def cancel(self, task_run_id: int) -> None:
+        with self._changed:
+            self._cancelled.add(task_run_id)
+            self._changed.notify_all()
+
+
+@dataclass(frozen=True)
+class ServedJobs:
+    """An in-process stand-in: its URL, token, and the ``Runner`` behind it."""
+
+    url: str
+    port: int
+    token: str
+    runner: object  # local.databricks_standin.runs.Runner
+
+
+@pytest.fixture
+def serve_jobs() -> Iterator[Callable[..., ServedJobs]]:
+    """Start in-process stand-ins: ``serve_jobs(jobs, executor, phase_seconds=0.0)``.
+
+    ``jobs`` maps job ids to ``bundle.Job``s; ``executor`` runs their tasks (``ScriptedTasks``).
+    Each server and its runner are stopped after the test.
+    """
+    from conftest import free_port
+
+    from local.databricks_standin.runs import Runner
+    from local.databricks_standin.server import JobsApi, make_server
+
+    started = []
+
+    def serve(jobs: dict, executor, phase_seconds: float = 0.0) -> ServedJobs:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        runner = Runner(executor, url, phase_seconds)
+        server = make_server(port, TOKEN, JobsApi(jobs, runner))
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        started.append((server, runner, executor))
+        return ServedJobs(url, port, TOKEN, runner)
+
+    yield serve
+    for server, runner, executor in started:
+        server.shutdown()
+        server.server_close()
+        if isinstance(executor, ScriptedTasks):
+            executor.release()
+        runner.stop()

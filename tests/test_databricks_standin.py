@@ -1,23 +1,36 @@
-"""The stand-in speaks the Jobs API as the provider's hook calls it, and runs the bundle's job."""
+"""The stand-in speaks the Jobs API as its clients call it, and runs the bundle's job.
+
+Clients: the official Databricks SDK for Python (Jobs API 2.2) and the Airflow provider's hook
+(2.1, sync and async). Most tests use an in-process stand-in whose task bodies are scripted
+(``ScriptedTasks``); the tests at the top run the real notebooks on Spark in the subprocess
+stand-in, as the local stack does.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import http.client
 import json
+import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
-from typing import cast
 
 import pytest
 import requests
+from databricks.sdk import WorkspaceClient
+from databricks.sdk import errors as sdk_errors
+from databricks.sdk.service.jobs import RunLifeCycleState
 
 from local.databricks_standin import read_table
-from local.databricks_standin.bundle import Job
-from local.databricks_standin.runs import Runner
-from local.databricks_standin.server import JobsApi, make_server
+from local.databricks_standin.__main__ import _use_s3_endpoint
+from local.databricks_standin.bundle import Job, Task, load_jobs
+from local.databricks_standin.notebooks import Widgets, run_notebook
+from local.databricks_standin.s3_inputs import local_path
 from local.sample_dump import write_site
-from tests.databricks_fixtures import StandIn
+from tests.databricks_fixtures import ScriptedTasks, ServedJobs, StandIn
 from tests.moto_s3 import s3_client
 
 JOB = "stackexchange_medallion"
@@ -30,41 +43,6 @@ def _hook(monkeypatch: pytest.MonkeyPatch, port: int, token: str):
             "password": token}  # fmt: skip
     monkeypatch.setenv("AIRFLOW_CONN_DATABRICKS_CONN", json.dumps(conn))
     return DatabricksHook("databricks_conn", retry_limit=1, retry_delay=0)
-
-
-@pytest.fixture
-def many_jobs() -> Iterator[int]:
-    """An in-process server (API layer only, no runs) with 30 jobs, two of them named alike."""
-    from conftest import free_port
-
-    names = [f"job_{i}" for i in range(27)] + ["wanted", "twin", "twin"]
-    jobs = {i: Job(name, {}, (), 0) for i, name in enumerate(names, start=1)}
-    port = free_port()
-    server = make_server(port, "testing", JobsApi(jobs, cast(Runner, None)))
-    import threading
-
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield port
-    server.shutdown()
-    server.server_close()
-
-
-def test_job_list_pages_through_every_job(many_jobs: int, monkeypatch) -> None:
-    hook = _hook(monkeypatch, many_jobs, "testing")
-    assert len(hook.list_jobs(limit=4)) == 30
-    assert hook.find_job_id_by_name("wanted") == 28
-    assert hook.find_job_id_by_name("missing") is None
-    with pytest.raises(Exception, match="more than one job with name twin"):
-        hook.find_job_id_by_name("twin")
-
-
-def test_wrong_or_missing_token_is_refused(many_jobs: int, monkeypatch) -> None:
-    with pytest.raises(Exception, match="Status Code: 401"):
-        _hook(monkeypatch, many_jobs, "wrong").list_jobs()
-    response = requests.get(f"http://127.0.0.1:{many_jobs}/api/2.1/jobs/list", timeout=5)
-    assert response.status_code == 401
-    assert response.json()["error_code"] == "UNAUTHENTICATED"
 
 
 @pytest.fixture(scope="module")
@@ -121,22 +99,6 @@ def test_runs_the_job_on_s3_inputs_and_reports_states(
     assert set(bronze.column("_source_uri").to_pylist()) == {s3_dump["users_uri"]}
 
 
-def test_async_hook_sends_get_with_json_body(
-    databricks_standin: StandIn, s3_dump: dict, monkeypatch
-) -> None:
-    hook = _hook(monkeypatch, databricks_standin.port, databricks_standin.token)
-    run_id = hook.run_now({"job_id": hook.find_job_id_by_name(JOB), "job_parameters": s3_dump})
-
-    async def poll():
-        async with hook:
-            return await hook.a_get_run_page_url(run_id), await hook.a_get_run_state(run_id)
-
-    url, state = asyncio.run(poll())
-    assert url == f"{databricks_standin.url}/runs/{run_id}"
-    assert state.life_cycle_state in {"PENDING", "RUNNING", "TERMINATED"}
-    _wait(hook, run_id)
-
-
 def test_missing_s3_object_fails_the_task_with_its_uri(
     databricks_standin: StandIn, s3_dump: dict, monkeypatch
 ) -> None:
@@ -154,16 +116,8 @@ def test_missing_s3_object_fails_the_task_with_its_uri(
     assert "Gone.xml" in output["error"] and "Traceback" in output["error_trace"]
 
 
-def test_cancel_a_queued_run(databricks_standin: StandIn, s3_dump: dict, monkeypatch) -> None:
-    hook = _hook(monkeypatch, databricks_standin.port, databricks_standin.token)
-    job = {"job_id": hook.find_job_id_by_name(JOB), "job_parameters": s3_dump}
-    first, second = hook.run_now(job), hook.run_now(job)
-    hook.cancel_run(second)
-    assert _wait(hook, second).result_state == "CANCELED"
-    assert _wait(hook, first).result_state == "SUCCESS"
-
-
 def test_bad_requests_get_clear_errors(databricks_standin: StandIn, monkeypatch) -> None:
+    """Through the provider's hook: the message a DAG author sees names the problem."""
     hook = _hook(monkeypatch, databricks_standin.port, databricks_standin.token)
     job_id = hook.find_job_id_by_name(JOB)
     with pytest.raises(Exception, match=r"does not declare parameter\(s\) \['posts_url'\]"):
@@ -191,3 +145,322 @@ def test_a_jvm_error_is_reported_by_its_java_message(
     assert message.startswith("Task bronze_posts failed with message:")
     assert "FAILED_READ_FILE" in message and str(malformed) in message
     assert "An error occurred while calling" not in message
+
+
+# --- In-process stand-in, scripted task bodies: the API and the run lifecycle ------------------
+
+(MEDALLION,) = load_jobs()
+PARAMS = {"posts_uri": "s3://b/raw/Posts.xml", "users_uri": "s3://b/raw/Users.xml", "site": "s"}
+TERMINAL = ("TERMINATED", "SKIPPED", "INTERNAL_ERROR")
+
+
+def _sdk(served: ServedJobs, token: str | None = None) -> WorkspaceClient:
+    return WorkspaceClient(host=served.url, token=token or served.token)
+
+
+def _api(served: ServedJobs, method: str, path: str, **kwargs) -> requests.Response:
+    headers = {"Authorization": f"Bearer {served.token}", **kwargs.pop("headers", {})}
+    return requests.request(method, served.url + path, headers=headers, timeout=10, **kwargs)
+
+
+def _states(served: ServedJobs, run_id: int, timeout: float = 30) -> list[str]:
+    """Every life cycle state runs/get showed, in order, until the run was terminal."""
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while not seen or seen[-1] not in TERMINAL:
+        assert time.monotonic() < deadline, f"run {run_id} stuck in {seen}"
+        state = _api(served, "GET", "/api/2.2/jobs/runs/get", params={"run_id": run_id}).json()
+        if not seen or seen[-1] != state["state"]["life_cycle_state"]:
+            seen.append(state["state"]["life_cycle_state"])
+        time.sleep(0.01)  # polling interval of this observer, far below the phase length
+    return seen
+
+
+@pytest.fixture
+def medallion(serve_jobs) -> Callable[..., tuple[ServedJobs, ScriptedTasks]]:
+    """The bundle's job (its real tasks, parameters, queue settings) with scripted bodies."""
+
+    def start(phase_seconds: float = 0.0, **job_changes) -> tuple[ServedJobs, ScriptedTasks]:
+        tasks = ScriptedTasks()
+        job = dataclasses.replace(MEDALLION, **job_changes)
+        return serve_jobs({1: job}, tasks, phase_seconds), tasks
+
+    return start
+
+
+def test_sdk_lists_jobs_by_name_case_insensitively_and_pages(serve_jobs) -> None:
+    names = [f"job_{i}" for i in range(5)] + ["Stackexchange_Medallion"]
+    jobs = {i: Job(name, {}, (), 0) for i, name in enumerate(names, start=1)}
+    sdk = _sdk(serve_jobs(jobs, ScriptedTasks()))
+    assert [job.job_id for job in sdk.jobs.list(name="STACKEXCHANGE_medallion")] == [6]
+    assert list(sdk.jobs.list(name="missing")) == []
+    assert [job.job_id for job in sdk.jobs.list(limit=1)] == [1, 2, 3, 4, 5, 6]
+    with pytest.raises(sdk_errors.InvalidParameterValue, match="limit must be between 1 and 100"):
+        list(sdk.jobs.list(limit=101))
+
+
+def test_sdk_gets_the_job_and_2_2_pages_its_tasks(serve_jobs) -> None:
+    many = tuple(Task(f"t{i:03}", Path(f"t{i}.ipynb"), ()) for i in range(150))
+    served = serve_jobs({1: MEDALLION, 2: Job("wide", {}, many, 0)}, ScriptedTasks())
+    sdk = _sdk(served)
+
+    job = sdk.jobs.get(1)
+    assert job.settings.name == MEDALLION.name
+    assert job.settings.max_concurrent_runs == 1 and job.settings.queue.enabled
+    assert [t.task_key for t in job.settings.tasks] == [t.key for t in MEDALLION.tasks]
+    assert {p.name for p in job.settings.parameters} == MEDALLION.parameters.keys()
+    # 2.2 pages arrays by 100 (the SDK follows next_page_token); 2.1 returns them whole.
+    assert [t.task_key for t in sdk.jobs.get(2).settings.tasks] == [t.key for t in many]
+    first = _api(served, "GET", "/api/2.2/jobs/get", params={"job_id": 2}).json()
+    assert len(first["settings"]["tasks"]) == 100 and first["next_page_token"]
+    whole = _api(served, "GET", "/api/2.1/jobs/get", params={"job_id": 2}).json()
+    assert len(whole["settings"]["tasks"]) == 150 and "next_page_token" not in whole
+    with pytest.raises(sdk_errors.ResourceDoesNotExist, match="Job 9 does not exist"):
+        sdk.jobs.get(9)
+
+
+def test_a_run_goes_through_every_phase_and_the_sdk_waits_for_it(medallion) -> None:
+    served, _ = medallion(phase_seconds=0.3)
+    sdk = _sdk(served)
+    waiter = sdk.jobs.run_now(1, job_parameters=PARAMS)
+    assert _states(served, waiter.run_id) == ["PENDING", "RUNNING", "TERMINATING", "TERMINATED"]
+    run = waiter.result(timeout=timedelta(seconds=30))  # the SDK's own poller
+    assert run.state.result_state.value == "SUCCESS"
+    assert run.status.state.value == "TERMINATED"
+    assert run.status.termination_details.code.value == "SUCCESS"
+    assert {p.name: p.value for p in run.job_parameters}["site"] == "s"
+    assert {t.task_key: t.state.result_state.value for t in run.tasks} == {
+        t.key: "SUCCESS" for t in MEDALLION.tasks
+    }
+
+
+def test_over_the_concurrency_limit_a_run_queues_then_runs(medallion) -> None:
+    served, tasks = medallion(phase_seconds=0.2)
+    tasks.hold("bronze_posts")
+    sdk = _sdk(served)
+    first = sdk.jobs.run_now(1, job_parameters=PARAMS).run_id
+    second = sdk.jobs.run_now(1, job_parameters=PARAMS).run_id
+    queued = sdk.jobs.get_run(second)
+    assert queued.state.life_cycle_state == RunLifeCycleState.QUEUED
+    assert queued.status.queue_details.code.value == "MAX_CONCURRENT_RUNS_REACHED"
+    active = [run.run_id for run in sdk.jobs.list_runs(job_id=1, active_only=True)]
+    assert active == [second, first]  # newest first
+    tasks.release()
+    assert _states(served, second) == [
+        "QUEUED", "PENDING", "RUNNING", "TERMINATING", "TERMINATED"
+    ]  # fmt: skip
+    assert sdk.jobs.get_run(first).state.result_state.value == "SUCCESS"
+    assert [run.run_id for run in sdk.jobs.list_runs(job_id=1, completed_only=True)] == [
+        second, first
+    ]  # fmt: skip
+    assert [run.run_id for run in sdk.jobs.list_runs(job_id=1, limit=1)] == [second, first]
+    assert list(sdk.jobs.list_runs(job_id=1, active_only=True)) == []
+
+
+def test_without_a_queue_a_run_over_the_limit_is_skipped(medallion) -> None:
+    served, tasks = medallion(queue_enabled=False)
+    tasks.hold("bronze_posts")
+    sdk = _sdk(served)
+    sdk.jobs.run_now(1, job_parameters=PARAMS)
+    skipped = sdk.jobs.run_now(1, job_parameters=PARAMS).result(timeout=timedelta(seconds=5))
+    assert skipped.state.life_cycle_state == RunLifeCycleState.SKIPPED
+    assert skipped.state.result_state.value == "MAXIMUM_CONCURRENT_RUNS_REACHED"
+    assert "limit of 1 maximum concurrent runs" in skipped.state.state_message
+    assert skipped.status.termination_details.code.value == "MAX_CONCURRENT_RUNS_EXCEEDED"
+
+
+def test_a_failed_task_has_its_error_in_the_run_output(medallion) -> None:
+    served, tasks = medallion()
+
+    def missing_users(params) -> None:
+        raise FileNotFoundError(f"no object at {params['users_uri']}")
+
+    tasks.bodies.update({"bronze_users": missing_users, "bronze_posts": lambda params: "42"})
+    sdk = _sdk(served)
+    run = sdk.jobs.run_now(1, job_parameters=PARAMS).result(timeout=timedelta(seconds=30))
+    assert run.state.result_state.value == "FAILED"
+    assert run.state.state_message.startswith(
+        "Task bronze_users failed with message: FileNotFoundError: no object at s3://b/raw/Users"
+    )
+    assert run.status.termination_details.code.value == "RUN_EXECUTION_ERROR"
+    by_key = {task.task_key: task for task in run.tasks}
+    assert by_key["gold_post_users"].state.result_state.value == "UPSTREAM_FAILED"
+    assert by_key["gold_most_popular_tags"].state.result_state.value == "SUCCESS"
+
+    failed = sdk.jobs.get_run_output(by_key["bronze_users"].run_id)
+    assert failed.error == "FileNotFoundError: no object at s3://b/raw/Users.xml"
+    assert "Traceback" in failed.error_trace and "missing_users" in failed.error_trace
+    assert failed.metadata.job_id == 1 and failed.metadata.run_page_url == run.run_page_url
+    succeeded = sdk.jobs.get_run_output(by_key["bronze_posts"].run_id)
+    assert succeeded.notebook_output.result == "42" and succeeded.error is None
+    with pytest.raises(sdk_errors.InvalidParameterValue, match="runs with multiple tasks"):
+        sdk.jobs.get_run_output(run.run_id)
+
+
+def test_cancelling_ends_queued_and_running_runs(medallion) -> None:
+    served, tasks = medallion(phase_seconds=0.1)
+    tasks.hold("bronze_posts")
+    sdk = _sdk(served)
+    running = sdk.jobs.run_now(1, job_parameters=PARAMS).run_id
+    queued = sdk.jobs.run_now(1, job_parameters=PARAMS).run_id
+    third = sdk.jobs.run_now(1, job_parameters=PARAMS).run_id
+
+    cancelled = sdk.jobs.cancel_run(queued).result(timeout=timedelta(seconds=10))
+    assert cancelled.state.result_state.value == "CANCELED"
+    assert cancelled.status.termination_details.code.value == "USER_CANCELED"
+    assert {(t.state.life_cycle_state.value, t.state.result_state.value)
+            for t in cancelled.tasks} == {("SKIPPED", "CANCELED")}  # fmt: skip
+
+    deadline = time.monotonic() + 10
+    while "bronze_posts" not in tasks.started:  # cancel the running run while a task runs
+        assert time.monotonic() < deadline, "bronze_posts never started"
+        time.sleep(0.01)
+    sdk.jobs.cancel_all_runs(job_id=1)
+    for run_id in (running, third):
+        run = sdk.jobs.wait_get_run_job_terminated_or_skipped(run_id, timedelta(seconds=10))
+        assert run.state.result_state.value == "CANCELED"
+    tasks_of_running = {t.task_key: t.state for t in sdk.jobs.get_run(running).tasks}
+    assert tasks_of_running["bronze_posts"].result_state.value == "CANCELED"  # interrupted
+    assert tasks_of_running["silver_posts"].life_cycle_state.value == "SKIPPED"
+    assert "silver_posts" not in tasks.started
+
+
+def test_the_same_idempotency_token_gives_the_same_run(medallion) -> None:
+    served, _ = medallion()
+    sdk = _sdk(served)
+    first = sdk.jobs.run_now(1, job_parameters=PARAMS, idempotency_token="ingest-7").run_id
+    again = sdk.jobs.run_now(1, job_parameters=PARAMS, idempotency_token="ingest-7").run_id
+    other = sdk.jobs.run_now(1, job_parameters=PARAMS, idempotency_token="ingest-8").run_id
+    assert first == again != other
+    with pytest.raises(sdk_errors.InvalidParameterValue, match="idempotency_token"):
+        sdk.jobs.run_now(1, idempotency_token="x" * 65)
+
+
+def test_errors_have_databricks_status_and_shape(medallion) -> None:
+    served, _ = medallion()
+    with pytest.raises(sdk_errors.PermissionDenied, match="Invalid access token"):
+        list(_sdk(served, token="wrong").jobs.list())
+    response = requests.get(f"{served.url}/api/2.2/jobs/list", timeout=5)
+    assert response.status_code == 403
+    assert response.json() == {"error_code": "403", "message": "Invalid access token."}
+
+    sdk = _sdk(served)
+    # The SDK maps exactly "Run <id> does not exist." on runs/get to ResourceDoesNotExist.
+    with pytest.raises(sdk_errors.ResourceDoesNotExist, match=r"^Run 123 does not exist\.$"):
+        sdk.jobs.get_run(123)
+    with pytest.raises(sdk_errors.InvalidParameterValue, match="Run 123 does not exist"):
+        sdk.jobs.cancel_run(123)
+    with pytest.raises(sdk_errors.NotFound, match="No API found for 'GET /api/2.0/jobs/list'"):
+        sdk.api_client.do("GET", "/api/2.0/jobs/list")
+    with pytest.raises(sdk_errors.InvalidParameterValue, match="Invalid page_token"):
+        list(sdk.jobs.list(page_token="not-a-token"))
+    with pytest.raises(sdk_errors.InvalidParameterValue, match="cannot both be true"):
+        list(sdk.jobs.list_runs(active_only=True, completed_only=True))
+
+    bad = {"limit": "ten"}, {"limit": "0"}, {"page_token": "%%%"}, {"offset": "-1"}
+    for params in bad:
+        response = _api(served, "GET", "/api/2.1/jobs/list", params=params)
+        assert response.status_code == 400, params
+        assert response.json()["error_code"] == "INVALID_PARAMETER_VALUE", params
+    response = _api(served, "POST", "/api/2.2/jobs/run-now", data=b"{not json")
+    assert response.status_code == 400
+    assert response.json()["error_code"] == "MALFORMED_REQUEST"
+    response = _api(served, "POST", "/api/2.2/jobs/run-now", json=["job_id", 1])
+    assert response.json()["message"].endswith("expected a map")
+
+
+def test_a_bad_content_length_gets_an_answer_not_a_dropped_connection(medallion) -> None:
+    served, _ = medallion()
+    connection = http.client.HTTPConnection("127.0.0.1", served.port, timeout=5)
+    connection.putrequest("POST", "/api/2.2/jobs/run-now")
+    connection.putheader("Authorization", f"Bearer {served.token}")
+    connection.putheader("Content-Length", "lots")
+    connection.endheaders()
+    response = connection.getresponse()
+    assert response.status == 400
+    assert json.loads(response.read())["error_code"] == "MALFORMED_REQUEST"
+    connection.close()
+
+
+def test_get_takes_arguments_from_the_query_or_a_json_body(medallion, monkeypatch) -> None:
+    served, _ = medallion()
+    run_id = _sdk(served).jobs.run_now(1, job_parameters=PARAMS).run_id
+    by_query = _api(served, "GET", "/api/2.1/jobs/runs/get", params={"run_id": run_id}).json()
+    by_body = _api(served, "GET", "/api/2.1/jobs/runs/get", json={"run_id": run_id}).json()
+    assert by_query["run_id"] == by_body["run_id"] == run_id
+    assert "status" not in by_query  # 2.1 has only ``state``
+
+    hook = _hook(monkeypatch, served.port, served.token)
+
+    async def poll():  # the provider's async hook: what the deferrable operator's trigger uses
+        async with hook:
+            return await hook.a_get_run_page_url(run_id), await hook.a_get_run_state(run_id)
+
+    url, state = asyncio.run(poll())
+    assert url == f"{served.url}/runs/{run_id}"
+    assert state.life_cycle_state in {"PENDING", "RUNNING", "TERMINATING", "TERMINATED"}
+
+
+def test_the_provider_hook_pages_jobs_and_finds_them_by_name(serve_jobs, monkeypatch) -> None:
+    names = [f"job_{i}" for i in range(27)] + ["wanted", "twin", "twin"]
+    jobs = {i: Job(name, {}, (), 0) for i, name in enumerate(names, start=1)}
+    served = serve_jobs(jobs, ScriptedTasks())
+    hook = _hook(monkeypatch, served.port, served.token)
+    assert len(hook.list_jobs(limit=4)) == 30
+    assert hook.find_job_id_by_name("wanted") == 28
+    assert hook.find_job_id_by_name("missing") is None
+    with pytest.raises(Exception, match="more than one job with name twin"):
+        hook.find_job_id_by_name("twin")
+    with pytest.raises(Exception, match="Status Code: 403"):
+        _hook(monkeypatch, served.port, "wrong").list_jobs()
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "s3://bucket/../../etc/passwd",
+        "s3://bucket/raw/../../../x",
+        "s3://bucket//etc/passwd",
+        "s3://bucket/raw//Posts.xml",
+        "s3://bucket/raw/./Posts.xml",
+        "s3://bucket/",
+        "s3://../raw/Posts.xml",
+    ],
+)
+def test_s3_keys_cannot_leave_the_download_directory(tmp_path: Path, uri: str) -> None:
+    with pytest.raises(ValueError, match=r"Cannot read s3://"):
+        local_path(tmp_path, uri)
+
+
+def test_s3_keys_map_below_their_bucket_directory(tmp_path: Path) -> None:
+    target = local_path(tmp_path, "s3://stackexchange-raw/raw/stackexchange/Posts.xml")
+    assert target == tmp_path / "stackexchange-raw" / "raw" / "stackexchange" / "Posts.xml"
+
+
+def test_an_s3_endpoint_is_announced_to_boto3_in_the_process(monkeypatch) -> None:
+    for name in (
+        "AWS_ENDPOINT_URL_S3",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_PROFILE",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    _use_s3_endpoint("http://127.0.0.1:9")
+    assert os.environ["AWS_ENDPOINT_URL_S3"] == "http://127.0.0.1:9"
+    assert os.environ["AWS_ACCESS_KEY_ID"] and os.environ["AWS_SECRET_ACCESS_KEY"]
+    import boto3
+
+    assert boto3.client("s3", region_name="us-east-1").meta.endpoint_url == "http://127.0.0.1:9"
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "mine")
+    _use_s3_endpoint("http://127.0.0.1:9")
+    assert os.environ["AWS_ACCESS_KEY_ID"] == "mine"  # real credentials are kept
+
+
+def test_dbutils_notebook_exit_ends_the_notebook_with_its_value(tmp_path: Path) -> None:
+    cells = ["x = dbutils.widgets.get('site')", "dbutils.notebook.exit(x.upper())", "1 / 0"]
+    notebook = tmp_path / "exits.ipynb"
+    notebook.write_text(json.dumps({"cells": [
+        {"cell_type": "code", "source": [source]} for source in cells
+    ]}))  # fmt: skip
+    result = run_notebook(notebook, None, Widgets({"site": "ai"}), str)  # type: ignore[arg-type]
+    assert result == "AI"  # and the third cell never ran

@@ -1,7 +1,8 @@
 """Local Databricks Jobs API stand-in (a development tool, not Databricks).
 
-Serves the Jobs API subset the Airflow provider uses on 127.0.0.1 and runs the bundle's job on a
-local Spark session. Prints ``databricks stand-in listening on http://127.0.0.1:P`` when ready.
+Serves, on 127.0.0.1, the Jobs API 2.2/2.1 calls the Airflow provider, the Databricks SDK and CLI
+make for the bundle's job, and runs that job's notebooks on a local Spark session. Prints
+``databricks stand-in listening on http://127.0.0.1:P`` when ready.
 Usage: ``python -m local.databricks_standin --port P --token-file F --warehouse DIR``
 """
 
@@ -17,6 +18,8 @@ from local.databricks_standin.bundle import BUNDLE_DIR, load_jobs
 from local.databricks_standin.runs import Runner
 from local.databricks_standin.server import JobsApi, make_server
 
+DUMMY_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "standin", "AWS_SECRET_ACCESS_KEY": "standin"}
+
 
 def _token(path: Path) -> str:
     try:
@@ -26,6 +29,17 @@ def _token(path: Path) -> str:
     if not token:
         raise SystemExit(f"The token file {path} is empty: write the bearer token clients use.")
     return token
+
+
+def _use_s3_endpoint(endpoint: str) -> None:
+    """Point boto3 in this process at ``endpoint``: the notebooks run here check S3 objects.
+
+    Credentials already in the environment are kept; without any, dummy ones are set (an
+    S3-compatible test server such as moto accepts any).
+    """
+    os.environ["AWS_ENDPOINT_URL_S3"] = endpoint
+    if not any(name in os.environ for name in ("AWS_ACCESS_KEY_ID", "AWS_PROFILE")):
+        os.environ.update(DUMMY_CREDENTIALS)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,7 +52,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--s3-endpoint", help="S3-compatible endpoint for s3:// job parameters")
     parser.add_argument("--bundle", type=Path, default=BUNDLE_DIR, help="bundle directory")
     parser.add_argument("--target", help="bundle target for ${var.*} (default: its default)")
+    parser.add_argument(
+        "--phase-seconds",
+        type=float,
+        default=0.2,
+        help="least time a run spends PENDING, RUNNING and TERMINATING (default 0.2)",
+    )
     args = parser.parse_args(argv)
+    if args.phase_seconds < 0:
+        parser.error(f"--phase-seconds must be >= 0, not {args.phase_seconds}")
 
     token = _token(args.token_file)
     bundle, warehouse = args.bundle.resolve(), args.warehouse.resolve()
@@ -46,16 +68,18 @@ def main(argv: list[str] | None = None) -> None:
     warehouse.mkdir(parents=True, exist_ok=True)
     # Notebooks put their working directory on sys.path, as on Databricks: be in the bundle.
     os.chdir(bundle)
+    if args.s3_endpoint:
+        _use_s3_endpoint(args.s3_endpoint)
 
+    from local.databricks_standin.notebooks import NotebookTasks
     from local.databricks_standin.spark import lean_session
 
     spark = lean_session(warehouse)
     spark.sparkContext.setLogLevel("ERROR")
     base_url = f"http://127.0.0.1:{args.port}"
     try:
-        server = make_server(
-            args.port, token, JobsApi(jobs, Runner(spark, args.s3_endpoint, base_url))
-        )
+        runner = Runner(NotebookTasks(spark, args.s3_endpoint), base_url, args.phase_seconds)
+        server = make_server(args.port, token, JobsApi(jobs, runner))
     except OSError as error:
         spark.stop()
         raise SystemExit(f"Cannot listen on 127.0.0.1:{args.port}: {error}") from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ class Job:
     parameters: dict[str, str]  # name -> default
     tasks: tuple[Task, ...]
     timeout_seconds: int
+    max_concurrent_runs: int = 1  # Databricks' default
+    queue_enabled: bool = False  # a run over the limit is queued when set, else skipped
 
     def task_order(self) -> list[Task]:
         """Tasks in an order that respects ``depends_on``; raises on unknown deps or cycles."""
@@ -34,16 +37,14 @@ class Job:
             unknown = set(task.depends_on) - by_key.keys()
             if unknown:
                 raise ValueError(f"Task {task.key} depends on unknown task(s) {sorted(unknown)}")
-        ordered: list[Task] = []
-        done: set[str] = set()
-        while len(ordered) < len(self.tasks):
-            ready = [t for t in self.tasks if t.key not in done and set(t.depends_on) <= done]
-            if not ready:
-                cycle = sorted(set(by_key) - done)
-                raise ValueError(f"Task dependencies of job {self.name} form a cycle among {cycle}")
-            ordered.extend(ready)
-            done.update(t.key for t in ready)
-        return ordered
+        sorter = TopologicalSorter({task.key: task.depends_on for task in self.tasks})
+        try:
+            return [by_key[key] for key in sorter.static_order()]
+        except CycleError as error:
+            cycle = sorted(set(error.args[1]))
+            raise ValueError(
+                f"Task dependencies of job {self.name} form a cycle among {cycle}"
+            ) from None
 
 
 def _load_yaml(path: Path) -> dict[str, Any]:
@@ -103,6 +104,8 @@ def load_jobs(bundle_dir: Path = BUNDLE_DIR, target: str | None = None) -> list[
                         parameters=parameters,
                         tasks=tasks,
                         timeout_seconds=int(spec.get("timeout_seconds") or 0),
+                        max_concurrent_runs=int(spec.get("max_concurrent_runs") or 1),
+                        queue_enabled=bool((spec.get("queue") or {}).get("enabled", False)),
                     )
                 )
     return jobs

@@ -1,13 +1,19 @@
-"""Run a Databricks-style ``.ipynb``: its code cells in order, with ``spark`` and ``dbutils``."""
+"""Run a Databricks-style ``.ipynb``: its code cells in order, with ``spark`` and ``dbutils``.
+
+``NotebookTasks`` is the stand-in's task executor: each task's notebook on the local Spark session.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from pyspark.sql import DataFrameReader, SparkSession
+
+from local.databricks_standin.bundle import Task
+from local.databricks_standin.s3_inputs import S3Inputs
 
 
 class InputWidgetNotDefinedError(KeyError):
@@ -70,9 +76,24 @@ class _Session:
         return getattr(self._spark, name)
 
 
+class NotebookExit(Exception):
+    """Raised by ``dbutils.notebook.exit(value)``: the notebook ends with ``value``."""
+
+    def __init__(self, value: str) -> None:
+        super().__init__(value)
+        self.value = value
+
+
+class NotebookUtils:
+    def exit(self, value: str) -> None:
+        """End the notebook here; ``value`` is the run's ``notebook_output.result``."""
+        raise NotebookExit(str(value))
+
+
 class DbUtils:
     def __init__(self, widgets: Widgets) -> None:
         self.widgets = widgets
+        self.notebook = NotebookUtils()
 
 
 def code_cells(notebook: Path) -> list[str]:
@@ -83,15 +104,44 @@ def code_cells(notebook: Path) -> list[str]:
 
 def run_notebook(
     notebook: Path, spark: SparkSession, widgets: Widgets, resolve: Callable[[str], str]
-) -> None:
+) -> str | None:
     """Execute the notebook's code cells in one fresh namespace; exceptions propagate.
 
     ``resolve`` maps each path the notebook reads (the stand-in fetches ``s3://`` objects).
+    Returns the value given to ``dbutils.notebook.exit``, if the notebook called it.
     """
     namespace: dict[str, object] = {
         "__name__": "__main__",
         "spark": _Session(spark, resolve),
         "dbutils": DbUtils(widgets),
     }
-    for number, source in enumerate(code_cells(notebook), start=1):
-        exec(compile(source, f"{notebook.name}[cell {number}]", "exec"), namespace)
+    try:
+        for number, source in enumerate(code_cells(notebook), start=1):
+            exec(compile(source, f"{notebook.name}[cell {number}]", "exec"), namespace)
+    except NotebookExit as exit_:
+        return exit_.value
+    return None
+
+
+class NotebookTasks:
+    """The stand-in's ``TaskExecutor``: a task's notebook on the shared local Spark session.
+
+    Each task run is a Spark job group, so cancelling the run cancels its Spark jobs.
+    """
+
+    def __init__(self, spark: SparkSession, s3_endpoint: str | None) -> None:
+        self.spark = spark
+        self.s3_endpoint = s3_endpoint
+
+    def run(self, task_run_id: int, task: Task, parameters: Mapping[str, str]) -> str | None:
+        self.spark.sparkContext.setJobGroup(f"task-{task_run_id}", task.key, True)
+        inputs = S3Inputs(self.s3_endpoint)
+        try:
+            return run_notebook(
+                task.notebook, self.spark, Widgets(dict(parameters)), inputs.resolve
+            )
+        finally:
+            inputs.cleanup()
+
+    def cancel(self, task_run_id: int) -> None:
+        self.spark.sparkContext.cancelJobGroup(f"task-{task_run_id}")

@@ -1,59 +1,127 @@
-"""Job runs: queued, executed one at a time on the warm Spark session, states as Databricks."""
+"""Job runs through Databricks' lifecycle: QUEUED, PENDING, RUNNING, TERMINATING, TERMINATED.
+
+A model of the Jobs service for development, not Databricks. A job admits up to its
+``max_concurrent_runs``; further runs wait QUEUED when the job's queue is enabled and are SKIPPED
+otherwise. One worker executes admitted runs one at a time (the stand-in has one Spark session).
+PENDING, RUNNING and TERMINATING each last at least ``phase_seconds`` so that clients polling the
+API can see them. What a task does is the ``TaskExecutor``'s business: the stand-in runs notebooks
+(``notebooks.NotebookTasks``), tests plug in scripted bodies.
+"""
 
 from __future__ import annotations
 
 import itertools
 import queue
-import shutil
-import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
-
-from pyspark.sql import SparkSession
+from typing import Any, Protocol
 
 from local.databricks_standin.bundle import Job, Task
-from local.databricks_standin.notebooks import Widgets, run_notebook
+
+ACTIVE_STATES = ("QUEUED", "PENDING", "RUNNING", "TERMINATING")
+TERMINAL_STATES = ("TERMINATED", "SKIPPED", "INTERNAL_ERROR")
+# result_state -> (code, type) of the Jobs API 2.2 ``status.termination_details``
+_TERMINATION = {
+    "SUCCESS": ("SUCCESS", "SUCCESS"),
+    "FAILED": ("RUN_EXECUTION_ERROR", "CLIENT_ERROR"),
+    "TIMEDOUT": ("CANCELED", "CLIENT_ERROR"),  # "canceled by the platform: max duration exceeded"
+    "CANCELED": ("USER_CANCELED", "SUCCESS"),
+    "UPSTREAM_FAILED": ("SKIPPED", "SUCCESS"),
+    "UPSTREAM_CANCELED": ("SKIPPED", "SUCCESS"),
+    "MAXIMUM_CONCURRENT_RUNS_REACHED": ("MAX_CONCURRENT_RUNS_EXCEEDED", "CLIENT_ERROR"),
+}
 
 
-def _api_state(life_cycle_state: str, state_message: str, result_state: str) -> dict[str, str]:
-    """A run's or task's ``state`` object; ``result_state`` only once there is one."""
-    state = {"life_cycle_state": life_cycle_state, "state_message": state_message}
-    if result_state:
-        state["result_state"] = result_state
-    return state
+class TaskExecutor(Protocol):
+    """What runs a task. ``run`` returns the notebook's exit value (or None); raising fails it."""
+
+    def run(self, task_run_id: int, task: Task, parameters: Mapping[str, str]) -> str | None: ...
+
+    def cancel(self, task_run_id: int) -> None:
+        """Interrupt the task run if it is executing (its ``run`` should then raise)."""
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class _Lifecycle:
+    """The state fields both job runs and task runs carry, as the API shows them."""
+
+    life_cycle_state: str
+    result_state: str
+    state_message: str
+    queue_reason: str
+
+    def state(self) -> dict[str, Any]:
+        """The Jobs API 2.1 ``state`` (also in 2.2); ``result_state`` only once there is one."""
+        state: dict[str, Any] = {
+            "life_cycle_state": self.life_cycle_state,
+            "state_message": self.state_message,
+            "user_cancelled_or_timedout": self.result_state in ("CANCELED", "TIMEDOUT"),
+        }
+        if self.result_state:
+            state["result_state"] = self.result_state
+        if self.queue_reason:
+            state["queue_reason"] = self.queue_reason
+        return state
+
+    def status(self) -> dict[str, Any]:
+        """The Jobs API 2.2 ``status``: the V2 state with termination and queue details."""
+        terminal = self.life_cycle_state in TERMINAL_STATES
+        status: dict[str, Any] = {"state": "TERMINATED" if terminal else self.life_cycle_state}
+        if self.life_cycle_state == "QUEUED":
+            status["queue_details"] = {
+                "code": "MAX_CONCURRENT_RUNS_REACHED",
+                "message": self.queue_reason,
+            }
+        if self.result_state and (terminal or self.life_cycle_state == "TERMINATING"):
+            code, kind = _TERMINATION.get(self.result_state, ("INTERNAL_ERROR", "INTERNAL_ERROR"))
+            if self.life_cycle_state == "INTERNAL_ERROR":
+                code, kind = "INTERNAL_ERROR", "INTERNAL_ERROR"
+            status["termination_details"] = {
+                "code": code,
+                "type": kind,
+                "message": self.state_message,
+            }
+        return status
 
 
 @dataclass
-class TaskRun:
+class TaskRun(_Lifecycle):
     run_id: int
     task: Task
     life_cycle_state: str = "PENDING"
     result_state: str = ""
     state_message: str = ""
+    queue_reason: str = ""
     error: str = ""
     error_trace: str = ""
+    notebook_result: str | None = None
     start_time: int = 0
     end_time: int = 0
 
-    def to_api(self) -> dict[str, Any]:
-        return {
+    def to_api(self, version: str) -> dict[str, Any]:
+        api: dict[str, Any] = {
             "run_id": self.run_id,
             "task_key": self.task.key,
-            "notebook_task": {"notebook_path": str(self.task.notebook)},
+            "notebook_task": {"notebook_path": str(self.task.notebook), "source": "WORKSPACE"},
             "depends_on": [{"task_key": key} for key in self.task.depends_on],
-            "state": _api_state(self.life_cycle_state, self.state_message, self.result_state),
+            "state": self.state(),
             "start_time": self.start_time,
             "end_time": self.end_time,
+            "attempt_number": 0,
         }
+        if version == "2.2":
+            api["status"] = self.status()
+        return api
 
 
 @dataclass
-class JobRun:
+class JobRun(_Lifecycle):
     run_id: int
     job_id: int
     job: Job
@@ -62,70 +130,46 @@ class JobRun:
     tasks: list[TaskRun]
     life_cycle_state: str = "PENDING"
     result_state: str = ""
-    state_message: str = "Waiting for the local Spark session"
-    start_time: int = field(default_factory=lambda: int(time.time() * 1000))
+    state_message: str = ""
+    queue_reason: str = ""
+    start_time: int = field(default_factory=_now_ms)
     end_time: int = 0
-    cancel_requested: bool = False
+    idempotency_token: str | None = None
+    started: bool = False  # the worker took it (else a cancel ends it at once)
+    cancelled: threading.Event = field(default_factory=threading.Event)
 
-    def to_api(self) -> dict[str, Any]:
-        return {
+    @property
+    def is_active(self) -> bool:
+        return self.life_cycle_state in ACTIVE_STATES
+
+    def to_api(self, version: str, *, tasks: list[TaskRun] | None = None) -> dict[str, Any]:
+        """The run as runs/get shows it; ``tasks`` replaces the full task list (a page of it)."""
+        api: dict[str, Any] = {
             "job_id": self.job_id,
             "run_id": self.run_id,
             "run_name": self.job.name,
             "number_in_job": self.run_id,
+            "original_attempt_run_id": self.run_id,
+            "creator_user_name": "standin",
             "run_page_url": self.run_page_url,
             "run_type": "JOB_RUN",
-            "state": _api_state(self.life_cycle_state, self.state_message, self.result_state),
+            "format": "MULTI_TASK",
+            "state": self.state(),
             "job_parameters": [
                 {"name": name, "default": self.job.parameters[name], "value": value}
                 for name, value in self.parameters.items()
             ],
-            "tasks": [task.to_api() for task in self.tasks],
+            "tasks": [task.to_api(version) for task in (self.tasks if tasks is None else tasks)],
             "start_time": self.start_time,
             "end_time": self.end_time,
+            "run_duration": (self.end_time or _now_ms()) - self.start_time,
         }
+        if version == "2.2":
+            api["status"] = self.status()
+        return api
 
 
-class S3Inputs:
-    """``s3://`` values fetched to a per-run temp dir through the configured endpoint.
-
-    The Parquet-only local Spark has no S3 filesystem (hadoop-aws), so the file is read locally.
-    """
-
-    def __init__(self, endpoint: str | None) -> None:
-        self.endpoint = endpoint
-        self.directory = Path(tempfile.mkdtemp(prefix="standin-s3-"))
-        self._fetched: dict[str, str] = {}
-
-    def resolve(self, value: str) -> str:
-        if not value.startswith("s3://"):
-            return value
-        if value not in self._fetched:
-            self._fetched[value] = self._download(value)
-        return self._fetched[value]
-
-    def _download(self, uri: str) -> str:
-        if not self.endpoint:
-            raise ValueError(
-                f"Cannot read {uri}: start the stand-in with --s3-endpoint URL (S3-compatible)."
-            )
-        import boto3
-
-        parts = urlsplit(uri)
-        target = self.directory / parts.netloc / parts.path.lstrip("/")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        client = boto3.client("s3", endpoint_url=self.endpoint)
-        try:
-            client.download_file(parts.netloc, parts.path.lstrip("/"), str(target))
-        except Exception as error:
-            raise OSError(f"Cannot read {uri} from {self.endpoint}: {error}") from error
-        return str(target)
-
-    def cleanup(self) -> None:
-        shutil.rmtree(self.directory, ignore_errors=True)
-
-
-def _summary(error: Exception) -> str:
+def error_summary(error: BaseException) -> str:
     """One line naming the error, as Databricks shows a failed notebook's error.
 
     For a JVM error that is the Java exception, not Py4J's "An error occurred while calling".
@@ -138,104 +182,203 @@ def _summary(error: Exception) -> str:
 
 
 class Runner:
-    """Holds every run; one worker thread executes them in submission order."""
+    """Holds every run and moves it through its lifecycle; one worker thread executes runs.
 
-    def __init__(self, spark: SparkSession, s3_endpoint: str | None, base_url: str) -> None:
-        self.spark = spark
-        self.s3_endpoint = s3_endpoint
+    Every state change happens under ``lock``; readers (the HTTP handlers) take it too, so a
+    response never shows a half-made transition.
+    """
+
+    def __init__(self, executor: TaskExecutor, base_url: str, phase_seconds: float = 0.2) -> None:
+        if phase_seconds < 0:
+            raise ValueError(f"phase_seconds must be >= 0, not {phase_seconds}")
+        self.executor = executor
         self.base_url = base_url
+        self.phase_seconds = phase_seconds
         self.runs: dict[int, JobRun] = {}
         self.task_runs: dict[int, tuple[JobRun, TaskRun]] = {}
+        self.lock = threading.RLock()
         self._ids = itertools.count(1001)
-        self._lock = threading.Lock()
-        self._queue: queue.Queue[JobRun] = queue.Queue()
-        threading.Thread(target=self._work, name="standin-runner", daemon=True).start()
+        self._tokens: dict[tuple[int, str], JobRun] = {}
+        self._ready: queue.Queue[JobRun | None] = queue.Queue()
+        self._worker = threading.Thread(target=self._work, name="standin-runner", daemon=True)
+        self._worker.start()
 
-    def submit(self, job_id: int, job: Job, parameters: dict[str, str]) -> JobRun:
-        with self._lock:
+    def stop(self) -> None:
+        """End the worker after the run it is executing (if any)."""
+        self._ready.put(None)
+        self._worker.join()
+
+    def submit(
+        self,
+        job_id: int,
+        job: Job,
+        parameters: dict[str, str],
+        idempotency_token: str | None = None,
+    ) -> JobRun:
+        """A new run of ``job`` (or the run this idempotency token already started)."""
+        with self.lock:
+            if idempotency_token and (job_id, idempotency_token) in self._tokens:
+                return self._tokens[(job_id, idempotency_token)]
             run_id = next(self._ids)
-            tasks = [TaskRun(next(self._ids), task) for task in job.task_order()]
             run = JobRun(
                 run_id=run_id,
                 job_id=job_id,
                 job=job,
                 parameters={**job.parameters, **parameters},
                 run_page_url=f"{self.base_url}/runs/{run_id}",
-                tasks=tasks,
+                tasks=[TaskRun(next(self._ids), task) for task in job.task_order()],
+                idempotency_token=idempotency_token,
             )
             self.runs[run_id] = run
-            self.task_runs.update({task.run_id: (run, task) for task in tasks})
-        self._queue.put(run)
-        return run
+            self.task_runs.update({task.run_id: (run, task) for task in run.tasks})
+            if idempotency_token:
+                self._tokens[(job_id, idempotency_token)] = run
+            if self._has_capacity(job_id, run):
+                self._admit(run)
+            elif job.queue_enabled:
+                reason = (
+                    f"Queued due to reaching maximum concurrent runs of {job.max_concurrent_runs}."
+                )
+                self._set(run, "QUEUED", message=reason)
+                run.queue_reason = reason
+                for task in run.tasks:
+                    self._set(task, "QUEUED")
+            else:
+                message = (
+                    "Skipping this run because the limit of "
+                    f"{job.max_concurrent_runs} maximum concurrent runs has been reached."
+                )
+                for task in run.tasks:
+                    self._set(task, "SKIPPED", "MAXIMUM_CONCURRENT_RUNS_REACHED", message)
+                self._set(run, "SKIPPED", "MAXIMUM_CONCURRENT_RUNS_REACHED", message)
+                run.end_time = _now_ms()
+            return run
 
     def cancel(self, run: JobRun) -> None:
-        run.cancel_requested = True
+        """Cancel asynchronously, as Databricks does; a run not yet started ends at once."""
+        with self.lock:
+            if not run.is_active or run.life_cycle_state == "TERMINATING":
+                return
+            run.cancelled.set()
+            if not run.started:
+                self._skip_tasks(run)
+                self._set(run, "TERMINATED", "CANCELED", "Run was cancelled before it started.")
+                run.end_time = _now_ms()
+                self._admit_queued(run.job_id)
+                return
+            executing = [task for task in run.tasks if task.life_cycle_state == "RUNNING"]
+        for task in executing:
+            self.executor.cancel(task.run_id)
+
+    def _skip_tasks(self, run: JobRun) -> None:
+        """A run cancelled before its tasks started ends every task."""
         for task in run.tasks:
-            if task.life_cycle_state == "RUNNING":
-                self.spark.sparkContext.cancelJobGroup(f"task-{task.run_id}")
+            self._set(task, "SKIPPED", "CANCELED", "Run was cancelled before it started.")
+
+    def _has_capacity(self, job_id: int, newcomer: JobRun) -> bool:
+        others = [r for r in self.runs.values() if r.job_id == job_id and r is not newcomer]
+        admitted = [r for r in others if r.is_active and r.life_cycle_state != "QUEUED"]
+        waiting = [r for r in others if r.life_cycle_state == "QUEUED"]
+        return not waiting and len(admitted) < newcomer.job.max_concurrent_runs
+
+    def _admit(self, run: JobRun) -> None:
+        run.queue_reason = ""
+        for task in run.tasks:
+            self._set(task, "PENDING")
+        self._set(run, "PENDING", message="Waiting for the local Spark session.")
+        self._ready.put(run)
+
+    def _admit_queued(self, job_id: int) -> None:
+        """Admit the oldest queued runs of ``job_id`` while the job has room."""
+        for run in sorted(self.runs.values(), key=lambda r: r.run_id):
+            if run.job_id == job_id and run.life_cycle_state == "QUEUED":
+                admitted = [
+                    r
+                    for r in self.runs.values()
+                    if r.job_id == job_id and r.is_active and r.life_cycle_state != "QUEUED"
+                ]
+                if len(admitted) >= run.job.max_concurrent_runs:
+                    return
+                self._admit(run)
+
+    def _set(
+        self,
+        target: TaskRun | JobRun,
+        life_cycle_state: str,
+        result_state: str = "",
+        message: str = "",
+    ) -> None:
+        with self.lock:
+            target.result_state, target.state_message = result_state, message
+            target.life_cycle_state = life_cycle_state
 
     def _work(self) -> None:
-        while True:
-            run = self._queue.get()
+        while (run := self._ready.get()) is not None:
+            with self.lock:
+                if not run.is_active:  # cancelled while it waited for the worker
+                    continue
+                run.started = True
             try:
                 self._execute(run)
             except Exception:  # the worker must survive anything a run does
-                run.life_cycle_state, run.result_state = "INTERNAL_ERROR", "FAILED"
-                run.state_message = traceback.format_exc(limit=3)
-                run.end_time = int(time.time() * 1000)
+                self._set(run, "INTERNAL_ERROR", "FAILED", traceback.format_exc(limit=3))
+                run.end_time = _now_ms()
+            with self.lock:
+                self._admit_queued(run.job_id)
 
     def _execute(self, run: JobRun) -> None:
-        if run.cancel_requested:
-            self._finish(run, "CANCELED", "Run was cancelled before it started")
+        if run.cancelled.wait(self.phase_seconds):  # PENDING: "starting the compute"
+            self._skip_tasks(run)
+            self._terminate(run, "CANCELED", "Run was cancelled before it started.")
             return
-        run.life_cycle_state, run.state_message = "RUNNING", ""
-        inputs = S3Inputs(self.s3_endpoint)
-        deadline = time.monotonic() + run.job.timeout_seconds if run.job.timeout_seconds else None
-        failed: list[TaskRun] = []
-        try:
-            for task in run.tasks:
-                blocked = [t for t in run.tasks if t.task.key in task.task.depends_on]
-                if run.cancel_requested or (deadline and time.monotonic() > deadline):
-                    task.life_cycle_state, task.result_state = "SKIPPED", "CANCELED"
-                elif any(t.result_state != "SUCCESS" for t in blocked):
-                    task.life_cycle_state, task.result_state = "SKIPPED", "UPSTREAM_FAILED"
-                    task.state_message = "Upstream task(s) failed"
-                else:
-                    self._run_task(run, task, inputs)
-                    if task.result_state == "FAILED":
-                        failed.append(task)
-        finally:
-            inputs.cleanup()
-        if run.cancel_requested:
-            self._finish(run, "CANCELED", "Run was cancelled")
+        self._set(run, "RUNNING")
+        running_since = time.monotonic()
+        timeout = run.job.timeout_seconds
+        deadline = running_since + timeout if timeout else None
+        for task in run.tasks:
+            upstream = [t for t in run.tasks if t.task.key in task.task.depends_on]
+            if run.cancelled.is_set():
+                self._set(task, "SKIPPED", "CANCELED", "Run was cancelled.")
+            elif deadline and time.monotonic() > deadline:
+                self._set(task, "SKIPPED", "CANCELED", f"Run timed out after {timeout} s.")
+            elif any(t.result_state == "CANCELED" for t in upstream):
+                self._set(task, "SKIPPED", "UPSTREAM_CANCELED", "Upstream task(s) were cancelled.")
+            elif any(t.result_state != "SUCCESS" for t in upstream):
+                self._set(task, "SKIPPED", "UPSTREAM_FAILED", "Upstream task(s) failed.")
+            else:
+                self._run_task(run, task)
+        run.cancelled.wait(max(0.0, running_since + self.phase_seconds - time.monotonic()))
+        failed = [task for task in run.tasks if task.result_state == "FAILED"]
+        if run.cancelled.is_set():
+            self._terminate(run, "CANCELED", "Run was cancelled.")
         elif failed:
             first = failed[0]
             message = f"Task {first.task.key} failed with message: {first.error.rstrip('.')}."
             if len(failed) > 1:
                 others = ", ".join(t.task.key for t in failed[1:])
                 message += f" Other failed task(s): {others}."
-            self._finish(run, "FAILED", message + " Downstream tasks were skipped.")
+            self._terminate(run, "FAILED", message + " Downstream tasks were skipped.")
         elif deadline and time.monotonic() > deadline:
-            self._finish(run, "TIMEDOUT", f"Run timed out after {run.job.timeout_seconds} s")
+            self._terminate(run, "TIMEDOUT", f"Run timed out after {timeout} s.")
         else:
-            self._finish(run, "SUCCESS", "")
+            self._terminate(run, "SUCCESS", "")
 
-    def _run_task(self, run: JobRun, task: TaskRun, inputs: S3Inputs) -> None:
-        task.life_cycle_state, task.start_time = "RUNNING", int(time.time() * 1000)
-        context = self.spark.sparkContext
-        context.setJobGroup(f"task-{task.run_id}", f"{run.job.name}/{task.task.key}", True)
+    def _run_task(self, run: JobRun, task: TaskRun) -> None:
+        task.start_time = _now_ms()
+        self._set(task, "RUNNING")
         try:
-            run_notebook(task.task.notebook, self.spark, Widgets(run.parameters), inputs.resolve)
-            task.result_state = "SUCCESS"
-        except Exception as error:  # a notebook's failure is the task's result
-            task.result_state = "CANCELED" if run.cancel_requested else "FAILED"
-            task.error = _summary(error)
-            task.error_trace = traceback.format_exc()
-            task.state_message = task.error
-        finally:
-            task.life_cycle_state, task.end_time = "TERMINATED", int(time.time() * 1000)
+            task.notebook_result = self.executor.run(task.run_id, task.task, run.parameters)
+            result, message = "SUCCESS", ""
+        except Exception as error:  # a task body's failure is the task's result
+            task.error, task.error_trace = error_summary(error), traceback.format_exc()
+            result = "CANCELED" if run.cancelled.is_set() else "FAILED"
+            message = task.error
+        task.end_time = _now_ms()
+        self._set(task, "TERMINATED", result, message)
 
-    @staticmethod
-    def _finish(run: JobRun, result_state: str, message: str) -> None:
-        run.result_state, run.state_message = result_state, message
-        run.life_cycle_state, run.end_time = "TERMINATED", int(time.time() * 1000)
+    def _terminate(self, run: JobRun, result_state: str, message: str) -> None:
+        """TERMINATING (result known, compute being released), then TERMINATED."""
+        self._set(run, "TERMINATING", result_state, message)
+        time.sleep(self.phase_seconds)  # the simulated clean-up; a cancel cannot shorten it
+        run.end_time = _now_ms()
+        self._set(run, "TERMINATED", result_state, message)

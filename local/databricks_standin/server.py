@@ -1,23 +1,35 @@
-"""The HTTP side: the Jobs API 2.1 endpoints the Airflow Databricks provider calls.
+"""The HTTP side: the Jobs API 2.2 and 2.1 calls the Airflow provider, the SDK and the CLI make.
 
-``GET`` requests take their arguments from the query string (the provider's sync hook) or from
-a JSON body (its async hook, used by the deferrable operator's trigger).
+Both versions share the handlers; where the real API differs, 2.2 adds ``status`` to runs and
+pages the arrays of ``jobs/get`` and ``runs/get`` (100 elements, ``next_page_token``). ``GET``
+takes its arguments from the query string (the SDK, the provider's sync hook) and from a JSON
+body (the provider's async hook, used by the deferrable operator's trigger). Errors have the
+shape Databricks gives them: the right status and ``{"error_code": ..., "message": ...}``.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import html
 import json
+import re
+import time
+from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from local.databricks_standin.bundle import Job
-from local.databricks_standin.runs import Runner
+from local.databricks_standin.runs import JobRun, Runner
 
-MAX_LIST_LIMIT = 100
+MAX_JOBS_LIMIT = 100
+MAX_RUNS_LIMIT = 25
+ARRAY_PAGE = 100  # Jobs API 2.2 pages the arrays of jobs/get and runs/get by 100
+MAX_IDEMPOTENCY_TOKEN = 64
+_PATH = re.compile(r"^/api/(?P<version>2\.[12])/jobs/(?P<endpoint>[a-z/-]+)$")
 
 
 class ApiError(Exception):
@@ -30,45 +42,167 @@ def _invalid(message: str) -> ApiError:
     return ApiError(HTTPStatus.BAD_REQUEST, "INVALID_PARAMETER_VALUE", message)
 
 
-def _int(args: dict[str, Any], name: str) -> int:
+def _int(args: dict[str, Any], name: str, default: int | None = None) -> int:
+    """An integer argument (JSON number or query string); missing without default is an error."""
+    if args.get(name) in (None, ""):
+        if default is None:
+            raise _invalid(f"Missing required field: {name}")
+        return default
+    value = args[name]
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise _invalid(f"Field {name} must be an integer, not {value!r}")
     try:
-        return int(args[name])
-    except KeyError:
-        raise _invalid(f"Missing required field: {name}") from None
-    except (TypeError, ValueError):
-        raise _invalid(f"Field {name} must be an integer, not {args[name]!r}") from None
+        return int(value)
+    except ValueError:
+        raise _invalid(f"Field {name} must be an integer, not {value!r}") from None
+
+
+def _bool(args: dict[str, Any], name: str) -> bool:
+    value = args.get(name, False)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", ""):
+        return value.lower() == "true"
+    raise _invalid(f"Field {name} must be true or false, not {value!r}")
+
+
+def _limit(args: dict[str, Any], default: int, maximum: int, zero_means_max: bool) -> int:
+    limit = _int(args, "limit", default)
+    if limit == 0 and zero_means_max:
+        return maximum
+    if not 1 <= limit <= maximum:
+        raise _invalid(f"limit must be between 1 and {maximum}, not {limit}")
+    return limit
+
+
+def _token(offset: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"offset": offset}).encode()).decode()
+
+
+def _offset(args: dict[str, Any]) -> int:
+    """Where a page starts: ``page_token`` (opaque, from a previous page), else ``offset``."""
+    token = args.get("page_token")
+    if token in (None, ""):
+        offset = _int(args, "offset", 0)
+        if offset < 0:
+            raise _invalid(f"offset must be >= 0, not {offset}")
+        return offset
+    try:
+        offset = json.loads(base64.urlsafe_b64decode(str(token).encode()))["offset"]
+    except (binascii.Error, ValueError, TypeError, KeyError, UnicodeDecodeError):
+        offset = None
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+        raise _invalid(
+            f"Invalid page_token {token!r}: pass a next_page_token or prev_page_token exactly "
+            "as a previous response returned it."
+        )
+    return offset
+
+
+def _page(items: list[Any], offset: int, limit: int) -> tuple[list[Any], dict[str, Any]]:
+    """A page of a listing and its ``has_more`` / ``next_page_token`` / ``prev_page_token``."""
+    page = items[offset : offset + limit]
+    more = offset + limit < len(items)
+    marks: dict[str, Any] = {"has_more": more}
+    if more:
+        marks["next_page_token"] = _token(offset + limit)
+    if offset:
+        marks["prev_page_token"] = _token(max(0, offset - limit))
+    return page, marks
 
 
 class JobsApi:
-    """The endpoints, as plain functions of the request arguments."""
+    """The endpoints, as plain functions of the request arguments and the API version."""
 
     def __init__(self, jobs: dict[int, Job], runner: Runner) -> None:
         self.jobs = jobs
         self.runner = runner
+        self.created_time = int(time.time() * 1000)
 
-    def list_jobs(self, args: dict[str, Any]) -> dict[str, Any]:
-        limit = int(args.get("limit") or 20)
-        if not 1 <= limit <= MAX_LIST_LIMIT:
-            raise _invalid(f"limit must be between 1 and {MAX_LIST_LIMIT}")
-        offset = int(args.get("page_token") or 0)
-        name = args.get("name")
-        matching = [
-            {"job_id": job_id, "settings": {"name": job.name}, "creator_user_name": "standin"}
-            for job_id, job in sorted(self.jobs.items())
-            if not name or job.name == name
-        ]
-        page = matching[offset : offset + limit]
-        response: dict[str, Any] = {"has_more": offset + limit < len(matching)}
-        if page:
-            response["jobs"] = page
-        if response["has_more"]:
-            response["next_page_token"] = str(offset + limit)
-        return response
-
-    def run_now(self, args: dict[str, Any]) -> dict[str, Any]:
+    def _job(self, args: dict[str, Any], required: bool = True) -> int | None:
+        if not required and args.get("job_id") in (None, ""):
+            return None
         job_id = _int(args, "job_id")
         if job_id not in self.jobs:
             raise _invalid(f"Job {job_id} does not exist.")
+        return job_id
+
+    def _run(self, args: dict[str, Any]) -> int:
+        run_id = _int(args, "run_id")
+        if run_id not in self.runner.runs and run_id not in self.runner.task_runs:
+            raise _invalid(f"Run {run_id} does not exist.")
+        return run_id
+
+    def _job_api(self, job_id: int, tasks: list[dict[str, Any]] | None) -> dict[str, Any]:
+        job = self.jobs[job_id]
+        settings: dict[str, Any] = {
+            "name": job.name,
+            "format": "MULTI_TASK",
+            "max_concurrent_runs": job.max_concurrent_runs,
+            "queue": {"enabled": job.queue_enabled},
+            "timeout_seconds": job.timeout_seconds,
+            "parameters": [{"name": n, "default": d} for n, d in job.parameters.items()],
+        }
+        if tasks is not None:
+            settings["tasks"] = tasks
+        return {
+            "job_id": job_id,
+            "creator_user_name": "standin",
+            "run_as_user_name": "standin",
+            "created_time": self.created_time,
+            "settings": settings,
+        }
+
+    @staticmethod
+    def _task_api(job: Job) -> list[dict[str, Any]]:
+        return [
+            {
+                "task_key": task.key,
+                "depends_on": [{"task_key": key} for key in task.depends_on],
+                "notebook_task": {"notebook_path": str(task.notebook), "source": "WORKSPACE"},
+            }
+            for task in job.tasks
+        ]
+
+    def list_jobs(self, args: dict[str, Any], version: str) -> dict[str, Any]:
+        limit = _limit(args, 20, MAX_JOBS_LIMIT, zero_means_max=False)
+        offset, expand = _offset(args), _bool(args, "expand_tasks")
+        name = str(args.get("name") or "")
+        matching = [
+            job_id
+            for job_id, job in sorted(self.jobs.items())
+            if not name or job.name.casefold() == name.casefold()
+        ]
+        page, response = _page(matching, offset, limit)
+        if page:
+            response["jobs"] = [
+                self._job_api(job_id, self._task_api(self.jobs[job_id]) if expand else None)
+                for job_id in page
+            ]
+        return response
+
+    def get_job(self, args: dict[str, Any], version: str) -> dict[str, Any]:
+        job_id = self._job(args)
+        assert job_id is not None
+        job = self._job_api(job_id, self._task_api(self.jobs[job_id]))
+        if version == "2.1":
+            return job
+        # 2.2: every array of the settings is paged; a page holds the next slice of each.
+        offset, settings = _offset(args), job["settings"]
+        settings.setdefault("job_clusters", [])
+        settings.setdefault("environments", [])
+        arrays = ("tasks", "job_clusters", "parameters", "environments")
+        longest = max(len(settings[name]) for name in arrays)
+        for name in arrays:
+            settings[name] = settings[name][offset : offset + ARRAY_PAGE]
+        job["has_more"] = offset + ARRAY_PAGE < longest
+        if job["has_more"]:
+            job["next_page_token"] = _token(offset + ARRAY_PAGE)
+        return job
+
+    def run_now(self, args: dict[str, Any], version: str) -> dict[str, Any]:
+        job_id = self._job(args)
+        assert job_id is not None
         job = self.jobs[job_id]
         unsupported = sorted(
             set(args) & {"notebook_params", "python_params", "jar_params", "spark_submit_params"}
@@ -76,69 +210,138 @@ class JobsApi:
         if unsupported:
             raise _invalid(f"{unsupported} are not supported for jobs with job parameters")
         parameters = args.get("job_parameters") or {}
+        if not isinstance(parameters, dict) or not all(
+            isinstance(value, str | int | float | bool) for value in parameters.values()
+        ):
+            raise _invalid("job_parameters must be an object of parameter names to strings")
         undeclared = sorted(set(parameters) - set(job.parameters))
         if undeclared:
             raise _invalid(
                 f"Job {job.name} does not declare parameter(s) {undeclared}; "
                 f"declared: {sorted(job.parameters)}"
             )
-        run = self.runner.submit(job_id, job, {k: str(v) for k, v in parameters.items()})
+        token = args.get("idempotency_token")
+        if token is not None and (
+            not isinstance(token, str) or not 0 < len(token) <= MAX_IDEMPOTENCY_TOKEN
+        ):
+            raise _invalid(
+                f"idempotency_token must be a string of 1 to {MAX_IDEMPOTENCY_TOKEN} characters"
+            )
+        values = {key: str(value) for key, value in parameters.items()}
+        run = self.runner.submit(job_id, job, values, token)
         return {"run_id": run.run_id, "number_in_job": run.run_id}
 
-    def get_run(self, args: dict[str, Any]) -> dict[str, Any]:
-        run_id = _int(args, "run_id")
-        if run_id in self.runner.runs:
-            return self.runner.runs[run_id].to_api()
-        if run_id in self.runner.task_runs:
-            run, task = self.runner.task_runs[run_id]
-            return {**task.to_api(), "job_id": run.job_id, "run_page_url": run.run_page_url}
-        raise ApiError(
-            HTTPStatus.BAD_REQUEST, "RESOURCE_DOES_NOT_EXIST", f"Run {run_id} does not exist."
-        )
+    def get_run(self, args: dict[str, Any], version: str) -> dict[str, Any]:
+        run_id = self._run(args)
+        with self.runner.lock:
+            if run_id in self.runner.task_runs:
+                run, task = self.runner.task_runs[run_id]
+                return {**task.to_api(version), **self._task_context(run)}
+            run = self.runner.runs[run_id]
+            if version == "2.1":
+                return run.to_api(version)
+            # 2.2: tasks, job_parameters (and the empty job_clusters, repair_history) are paged.
+            offset = _offset(args)
+            api = run.to_api(version, tasks=run.tasks[offset : offset + ARRAY_PAGE])
+        api["job_parameters"] = api["job_parameters"][offset : offset + ARRAY_PAGE]
+        api["job_clusters"], api["repair_history"] = [], []
+        longest = max(len(run.tasks), len(run.parameters))
+        api["has_more"] = offset + ARRAY_PAGE < longest
+        if api["has_more"]:
+            api["next_page_token"] = _token(offset + ARRAY_PAGE)
+        return api
 
-    def get_run_output(self, args: dict[str, Any]) -> dict[str, Any]:
-        run_id = _int(args, "run_id")
+    @staticmethod
+    def _task_context(run: JobRun) -> dict[str, Any]:
+        """What a task run shows of its job run."""
+        return {"job_id": run.job_id, "job_run_id": run.run_id, "run_page_url": run.run_page_url}
+
+    def list_runs(self, args: dict[str, Any], version: str) -> dict[str, Any]:
+        job_id = self._job(args, required=False)
+        active_only, completed_only = _bool(args, "active_only"), _bool(args, "completed_only")
+        if active_only and completed_only:
+            raise _invalid("active_only and completed_only cannot both be true")
+        limit = _limit(args, 20, MAX_RUNS_LIMIT, zero_means_max=True)
+        offset, expand = _offset(args), _bool(args, "expand_tasks")
+        with self.runner.lock:
+            runs = [
+                run
+                for run in sorted(
+                    self.runner.runs.values(), key=lambda r: (r.start_time, r.run_id), reverse=True
+                )
+                if (job_id is None or run.job_id == job_id)
+                and not (active_only and not run.is_active)
+                and not (completed_only and run.is_active)
+            ]
+            page, response = _page(runs, offset, limit)
+            listed = [run.to_api(version) for run in page]
+        for run in listed:
+            if not expand:
+                del run["tasks"]
+        if listed:
+            response["runs"] = listed
+        return response
+
+    def get_run_output(self, args: dict[str, Any], version: str) -> dict[str, Any]:
+        run_id = self._run(args)
         if run_id in self.runner.runs:
             raise _invalid(
                 "Retrieving the output of runs with multiple tasks is not supported. "
                 "Please retrieve the output of each individual task run instead."
             )
-        if run_id not in self.runner.task_runs:
-            raise ApiError(
-                HTTPStatus.BAD_REQUEST, "RESOURCE_DOES_NOT_EXIST", f"Run {run_id} does not exist."
-            )
-        run, task = self.runner.task_runs[run_id]
-        output: dict[str, Any] = {
-            "metadata": {**task.to_api(), "job_id": run.job_id, "run_page_url": run.run_page_url},
-            "notebook_output": {},
-        }
-        if task.result_state == "FAILED":
-            output["error"], output["error_trace"] = task.error, task.error_trace
+        with self.runner.lock:
+            run, task = self.runner.task_runs[run_id]
+            output: dict[str, Any] = {
+                "metadata": {**task.to_api(version), **self._task_context(run)},
+                "notebook_output": {},
+            }
+            if task.notebook_result is not None:
+                output["notebook_output"] = {"result": task.notebook_result, "truncated": False}
+            if task.result_state == "FAILED":
+                output["error"], output["error_trace"] = task.error, task.error_trace
         return output
 
-    def cancel_run(self, args: dict[str, Any]) -> dict[str, Any]:
-        run_id = _int(args, "run_id")
-        if run_id not in self.runner.runs:
-            raise ApiError(
-                HTTPStatus.BAD_REQUEST, "RESOURCE_DOES_NOT_EXIST", f"Run {run_id} does not exist."
-            )
-        self.runner.cancel(self.runner.runs[run_id])
+    def cancel_run(self, args: dict[str, Any], version: str) -> dict[str, Any]:
+        run_id = self._run(args)
+        # Cancelling a task run cancels the job run it belongs to.
+        run = self.runner.runs.get(run_id) or self.runner.task_runs[run_id][0]
+        self.runner.cancel(run)
+        return {}
+
+    def cancel_all_runs(self, args: dict[str, Any], version: str) -> dict[str, Any]:
+        job_id = self._job(args, required=False)
+        all_queued = _bool(args, "all_queued_runs")
+        if job_id is None and not all_queued:
+            raise _invalid("Either job_id or all_queued_runs must be set")
+        with self.runner.lock:
+            chosen = [
+                run
+                for run in self.runner.runs.values()
+                if (run.job_id == job_id and run.is_active)
+                or (job_id is None and run.life_cycle_state == "QUEUED")
+            ]
+        for run in chosen:
+            self.runner.cancel(run)
         return {}
 
 
-ROUTES = {
-    ("GET", "/api/2.1/jobs/list"): JobsApi.list_jobs,
-    ("POST", "/api/2.1/jobs/run-now"): JobsApi.run_now,
-    ("GET", "/api/2.1/jobs/runs/get"): JobsApi.get_run,
-    ("GET", "/api/2.1/jobs/runs/get-output"): JobsApi.get_run_output,
-    ("POST", "/api/2.1/jobs/runs/cancel"): JobsApi.cancel_run,
+Handler = Callable[[JobsApi, dict[str, Any], str], dict[str, Any]]
+ROUTES: dict[tuple[str, str], Handler] = {
+    ("GET", "list"): JobsApi.list_jobs,
+    ("GET", "get"): JobsApi.get_job,
+    ("POST", "run-now"): JobsApi.run_now,
+    ("GET", "runs/get"): JobsApi.get_run,
+    ("GET", "runs/list"): JobsApi.list_runs,
+    ("GET", "runs/get-output"): JobsApi.get_run_output,
+    ("POST", "runs/cancel"): JobsApi.cancel_run,
+    ("POST", "runs/cancel-all"): JobsApi.cancel_all_runs,
 }
 
 
 def make_server(port: int, token: str, api: JobsApi) -> ThreadingHTTPServer:
     """A server on 127.0.0.1:port; API calls need ``Authorization: Bearer <token>``."""
 
-    class Handler(BaseHTTPRequestHandler):
+    class RequestHandler(BaseHTTPRequestHandler):
         server_version = "databricks-standin"
 
         def do_GET(self) -> None:
@@ -147,81 +350,114 @@ def make_server(port: int, token: str, api: JobsApi) -> ThreadingHTTPServer:
         def do_POST(self) -> None:
             self._handle("POST")
 
+        def do_PUT(self) -> None:
+            self._handle("PUT")
+
+        def do_PATCH(self) -> None:
+            self._handle("PATCH")
+
+        def do_DELETE(self) -> None:
+            self._handle("DELETE")
+
         def _handle(self, method: str) -> None:
             url = urlsplit(self.path)
-            if method == "GET" and url.path.startswith("/runs/"):
-                self._run_page(url.path.removeprefix("/runs/"))
-                return
             try:
-                route = ROUTES.get((method, url.path))
-                if route is None:
+                body = self._body()
+                if method == "GET" and url.path.startswith("/runs/"):
+                    self._run_page(url.path.removeprefix("/runs/"))
+                    return
+                self._authenticate()
+                match = _PATH.match(url.path)
+                route = match and ROUTES.get((method, match["endpoint"]))
+                if not match or not route:
                     raise ApiError(
                         HTTPStatus.NOT_FOUND,
                         "ENDPOINT_NOT_FOUND",
                         f"No API found for '{method} {url.path}'",
                     )
-                self._authenticate()
-                self._reply(HTTPStatus.OK, route(api, self._arguments(url.query)))
+                self._reply(HTTPStatus.OK, route(api, self._arguments(url.query, body), match[1]))
             except ApiError as error:
                 self._reply(
                     error.status, {"error_code": error.error_code, "message": error.message}
                 )
+            except Exception as error:  # a bug here must still answer, never drop the connection
+                message = f"{type(error).__name__}: {error}"
+                self._reply(
+                    HTTPStatus.INTERNAL_SERVER_ERROR,
+                    {"error_code": "INTERNAL_ERROR", "message": message},
+                )
+
+        def _body(self) -> bytes:
+            """The request body, read whole (an unread body would corrupt the next request)."""
+            length = self.headers.get("Content-Length") or "0"
+            if not length.isdigit():
+                raise ApiError(
+                    HTTPStatus.BAD_REQUEST,
+                    "MALFORMED_REQUEST",
+                    f"Invalid Content-Length header: {length!r}",
+                )
+            return self.rfile.read(int(length))
 
         def _authenticate(self) -> None:
             header = self.headers.get("Authorization", "")
             scheme, _, presented = header.partition(" ")
             if scheme != "Bearer" or not hmac.compare_digest(presented.encode(), token.encode()):
-                raise ApiError(HTTPStatus.UNAUTHORIZED, "UNAUTHENTICATED", "Invalid access token.")
+                # Databricks' answer to a missing, wrong or expired token.
+                raise ApiError(HTTPStatus.FORBIDDEN, "403", "Invalid access token.")
 
-        def _arguments(self, query: str) -> dict[str, Any]:
+        @staticmethod
+        def _arguments(query: str, body: bytes) -> dict[str, Any]:
             args: dict[str, Any] = dict(parse_qsl(query))
-            length = int(self.headers.get("Content-Length") or 0)
-            if length:
+            if body.strip():
                 try:
-                    body = json.loads(self.rfile.read(length))
-                except json.JSONDecodeError as error:
+                    parsed = json.loads(body)
+                except (json.JSONDecodeError, UnicodeDecodeError) as error:
                     raise ApiError(
-                        HTTPStatus.BAD_REQUEST, "MALFORMED_REQUEST", str(error)
+                        HTTPStatus.BAD_REQUEST,
+                        "MALFORMED_REQUEST",
+                        f"Invalid JSON given in the body of the request: {error}",
                     ) from None
-                if not isinstance(body, dict):
+                if not isinstance(parsed, dict):
                     raise ApiError(
-                        HTTPStatus.BAD_REQUEST, "MALFORMED_REQUEST", "Body must be an object"
+                        HTTPStatus.BAD_REQUEST,
+                        "MALFORMED_REQUEST",
+                        "Invalid JSON given in the body of the request - expected a map",
                     )
-                args.update(body)
+                args.update(parsed)
             return args
 
         def _run_page(self, run_id: str) -> None:
             """A read-only page per run (what ``run_page_url`` points at), for humans."""
             run = api.runner.runs.get(int(run_id)) if run_id.isdigit() else None
             if run is None:
-                self._reply(HTTPStatus.NOT_FOUND, {"error_code": "RESOURCE_DOES_NOT_EXIST"})
-                return
-            rows = "".join(
-                f"<tr><td>{t.task.key}</td><td>{t.life_cycle_state} {t.result_state}</td>"
-                f"<td><pre>{html.escape(t.error_trace or t.state_message)}</pre></td></tr>"
-                for t in run.tasks
-            )
-            state = f"{run.life_cycle_state} {run.result_state}: {run.state_message}"
+                raise ApiError(
+                    HTTPStatus.NOT_FOUND, "RESOURCE_DOES_NOT_EXIST", f"Run {run_id} does not exist."
+                )
+            with api.runner.lock:
+                rows = "".join(
+                    f"<tr><td>{t.task.key}</td><td>{t.life_cycle_state} {t.result_state}</td>"
+                    f"<td><pre>{html.escape(t.error_trace or t.state_message)}</pre></td></tr>"
+                    for t in run.tasks
+                )
+                state = f"{run.life_cycle_state} {run.result_state}: {run.state_message}"
             page = (
                 f"<h1>{html.escape(run.job.name)} run {run.run_id}</h1>"
                 f"<p>{html.escape(state)}</p>"
                 f"<table border=1>{rows}</table>"
             ).encode()
-            self.send_response(HTTPStatus.OK)
-            self.send_header("Content-Type", "text/html; charset=utf-8")
-            self.send_header("Content-Length", str(len(page)))
-            self.end_headers()
-            self.wfile.write(page)
+            self._send(HTTPStatus.OK, "text/html; charset=utf-8", page)
 
         def _reply(self, status: HTTPStatus, body: dict[str, Any]) -> None:
-            payload = json.dumps(body).encode()
+            self._send(status, "application/json", json.dumps(body).encode())
+
+        def _send(self, status: HTTPStatus, content_type: str, payload: bytes) -> None:
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
             self.wfile.write(payload)
 
         def log_message(self, format: str, *args: Any) -> None:
-            pass  # the provider polls; one line per poll would drown the run log
+            pass  # clients poll; one line per poll would drown the run log
 
-    return ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    return ThreadingHTTPServer(("127.0.0.1", port), RequestHandler)
