@@ -5,14 +5,15 @@ Ingests one site of the [Stack Exchange data dump](https://archive.org/details/s
 into S3 as two Assets, `stackexchange_raw_posts` and `stackexchange_raw_users`, which schedule
 `trigger_databricks_workflow_dag`.
 
-1. **check_source**: HEAD the archive `{source_base_url}/{site}.7z` (redirects followed) and
-   read the S3 objects' metadata. If both objects hold this source version (ETag, else
-   Last-Modified and size), written by a run whose `ingest` succeeded, the run stops here: no
+1. **check_source**: find the site's archives (`{site}.7z`, or `{site}-Posts.7z` and
+   `{site}-Users.7z` as for stackoverflow.com) from the source's file list or by probing; repair
+   what a dead run left in S3; read the pair's manifest. If the published pair is this source
+   version, unchanged since, written by a run whose `ingest` succeeded, the run stops here: no
    download, no asset event. `force` ingests anyway.
-2. **ingest**: stream the archive to a temporary directory (resuming with HTTP Range after
-   transient faults), verify its size and the checksum archive.org publishes, extract only
-   `Posts.xml` and `Users.xml` while validating and hashing them, upload both to S3 (managed
-   multipart) with their provenance as object metadata, then emit one asset event per file.
+2. **ingest**: one streaming pipeline: download (HTTP Range resume) → py7zr → XML validation,
+   sha256 and row count → S3 multipart upload parts, stages overlapped; no XML on local disk.
+   Only when both files validated and every checksum matched is the pair published (the
+   previous pair stays whole until then), then one asset event per file, with its ETag.
 
 Connection: `aws_conn` (its `endpoint_url` extra selects any S3-compatible server).
 Bucket and prefix: env `STACKEXCHANGE_BUCKET`, `STACKEXCHANGE_PREFIX`.
@@ -62,17 +63,25 @@ def _fail_fast_on_permanent_errors() -> Iterator[None]:
         "site": Param(
             DEFAULT_SITE,
             type="string",
-            pattern=r"^[a-z0-9][a-z0-9.-]*$",
+            maxLength=253,
+            # ECMA-262 syntax, run with Python's re.search: `(?![\s\S])` is the end of the text
+            # (`$` would also match before a trailing newline). stackexchange.url_policy.check_site
+            # applies the same rule in the task.
+            pattern=r"^(?![\s\S]*\.\.)[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?(?![\s\S])",
             title="Site",
             description="Stack Exchange site whose dump to ingest, e.g. ai.meta.stackexchange.com",
         ),
         "source_base_url": Param(
             DEFAULT_SOURCE_BASE_URL,
             type="string",
-            pattern=r"^(https?|file)://",
+            maxLength=2048,
+            # Printable ASCII only; http(s) without credentials, or file://; no query or fragment.
+            # stackexchange.url_policy checks the rest (ports, addresses, the file root).
+            pattern=r"^(?![\s\S]*[^!-~])(?:https?://[^/?#@\\]+|file://)(?:/[^?#\\]*)?(?![\s\S])",
             title="Source base URL",
             description="Where the dumps live; the archive is {source_base_url}/{site}.7z. "
-            "https://, http:// (mirrors) and file:// work.",
+            "https:// or http:// (internal addresses only if STACKEXCHANGE_ALLOWED_HOSTS lists "
+            "them); file:// only under STACKEXCHANGE_FILE_ROOT. No query, fragment or credentials.",
         ),
         "force": Param(
             False,
@@ -105,24 +114,24 @@ def produce_data_asset() -> None:
                 ingest_succeeded,
             )
 
-    @task(outlets=[RAW_POSTS, RAW_USERS], execution_timeout=timedelta(hours=6))
+    @task(outlets=[RAW_POSTS, RAW_USERS], execution_timeout=timedelta(hours=12))
     def ingest() -> None:
-        """Download, verify, extract, validate, upload; then one asset event per object."""
+        """Stream, verify, validate, publish the pair atomically; one asset event per object."""
         from stackexchange.ingest import ingest as run_ingest
         from stackexchange.ingest import ingest_id
 
         context = get_current_context()
         params, ti = context["params"], context["ti"]
         with _fail_fast_on_permanent_errors():
-            published = run_ingest(
+            extras = run_ingest(
                 params["site"],
                 params["source_base_url"],
                 AWS_CONN_ID,
                 ingest_id=ingest_id(ti.run_id, ti.try_number),
             )
         assets = {RAW_POSTS.uri: RAW_POSTS, RAW_USERS.uri: RAW_USERS}
-        for item in published:
-            context["outlet_events"][assets[item.uri]].extra = item.extra
+        for extra in extras:
+            context["outlet_events"][assets[str(extra["uri"])]].extra = extra
 
     check_source() >> ingest()
 

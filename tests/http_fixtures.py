@@ -12,6 +12,7 @@ import hashlib
 import http.client
 import re
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ class Faults:
     drop_after: int = 0
     ignore_range: bool = False  # answer Range requests with the whole file (200)
     redirect: bool = False  # answer /NAME with 302 to /storage/NAME, as archive.org does
+    bytes_per_second: float = 0  # throttle every body to this rate (0: as fast as possible)
 
 
 @dataclass
@@ -69,10 +71,15 @@ class DumpServer(_LocalServer):
     root: Path
     faults: Faults = field(default_factory=Faults)
     requests: list[Request] = field(default_factory=list)
+    served: int = 0  # body bytes sent, all requests together
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._serve(self._handler())
+
+    def count(self, sent: int) -> None:
+        with self._lock:
+            self.served += sent
 
     def take(self, counter: str) -> bool:
         """Consume one fault of kind ``counter`` if any is left."""
@@ -127,32 +134,46 @@ class DumpServer(_LocalServer):
                 stat = file.stat()
                 size = stat.st_size
                 etag = '"' + hashlib.md5(f"{stat.st_mtime_ns}-{size}".encode()).hexdigest() + '"'
-                start, status = 0, 200
-                wanted = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
+                start, end, status = 0, size, 200
+                wanted = re.fullmatch(r"bytes=(\d*)-(\d*)", self.headers.get("Range", ""))
                 if_range = self.headers.get("If-Range")
                 if wanted and not server.faults.ignore_range and if_range in (None, etag):
-                    start, status = int(wanted.group(1)), 206
-                    if start >= size:
+                    first, last = wanted.groups()
+                    if first:  # bytes=a- or bytes=a-b
+                        start = int(first)
+                        end = min(int(last) + 1, size) if last else size
+                    else:  # bytes=-n: the last n bytes
+                        start = max(size - int(last or 0), 0)
+                    status = 206
+                    if start >= size or start >= end:
                         self._plain(416, headers={"Content-Range": f"bytes */{size}"})
                         return
                 self.send_response(status)
-                self.send_header("Content-Length", str(size - start))
+                self.send_header("Content-Length", str(end - start))
                 self.send_header("ETag", etag)
                 self.send_header("Last-Modified", formatdate(stat.st_mtime, usegmt=True))
                 self.send_header("Accept-Ranges", "bytes")
                 if status == 206:
-                    self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
+                    self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
                 self.end_headers()
                 if not body:
                     return
-                limit = size - start
+                limit = end - start
                 if server.take("drop_times"):
                     limit = min(limit, server.faults.drop_after)
                     self.close_connection = True  # short body, then the connection drops
+                rate = server.faults.bytes_per_second
+                step = min(CHUNK, max(int(rate / 20), 1)) if rate else CHUNK
+                began = time.monotonic()
+                sent = 0
                 with file.open("rb") as src:
                     src.seek(start)
-                    while limit > 0 and (chunk := src.read(min(CHUNK, limit))):
+                    while limit > 0 and (chunk := src.read(min(step, limit))):
+                        if rate:  # hold each chunk until the rate allows it
+                            time.sleep(max(began + sent / rate - time.monotonic(), 0))
                         self.wfile.write(chunk)
+                        sent += len(chunk)
+                        server.count(len(chunk))
                         limit -= len(chunk)
 
         return Handler

@@ -87,14 +87,15 @@ def dagbag(airflow_db: None):  # an airflow.models.DagBag, synced to the DB
 
 
 @pytest.fixture
-def s3(aws_conn: str, monkeypatch: pytest.MonkeyPatch):  # a boto3 S3 client on moto
+def s3(aws_conn: str, monkeypatch: pytest.MonkeyPatch):  # a boto3 S3 client on an empty bucket
     monkeypatch.setenv("STACKEXCHANGE_DOWNLOAD_BACKOFF_SECONDS", "0")
+    monkeypatch.setenv("STACKEXCHANGE_ALLOWED_HOSTS", "127.0.0.1,localhost")
     client = s3_client(aws_conn)
     with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
         client.create_bucket(Bucket=BUCKET)
-    client.delete_objects(
-        Bucket=BUCKET, Delete={"Objects": [{"Key": key} for key in KEYS.values()]}
-    )
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
+        for item in page.get("Contents", []):
+            client.delete_object(Bucket=BUCKET, Key=item["Key"])
     return client
 
 
@@ -145,7 +146,7 @@ def stored(s3) -> dict[str, dict]:
     return {name: s3.head_object(Bucket=BUCKET, Key=key) for name, key in KEYS.items()}
 
 
-def expected_extra(mirror: Mirror, name: str) -> dict[str, object]:
+def expected_extra(mirror: Mirror, name: str, head: dict, run_id: str) -> dict[str, object]:
     data = mirror.originals[name]
     return {
         "site": SITE,
@@ -153,7 +154,11 @@ def expected_extra(mirror: Mirror, name: str) -> dict[str, object]:
         "bytes": len(data),
         "rows": len(ET.fromstring(data).findall("row")),
         "sha256": hashlib.sha256(data).hexdigest(),
+        "etag": head["ETag"].strip('"'),
+        "version_id": None,
         "source_url": f"{mirror.base}/{SITE}.7z",
+        "source_version": head["Metadata"]["source-version"],
+        "ingest_id": f"{run_id}#1",
     }
 
 
@@ -167,15 +172,10 @@ def test_ingest_then_skip_then_force(dagbag, mirror: Mirror, s3) -> None:
     assert set(emitted) == {RAW_POSTS.name, RAW_USERS.name}
     for asset, name in [(RAW_POSTS, "Posts.xml"), (RAW_USERS, "Users.xml")]:
         extra = emitted[asset.name]
-        assert set(extra) == {*expected_extra(mirror, name), "source_version"}
-        assert {k: v for k, v in extra.items() if k != "source_version"} == (
-            expected_extra(mirror, name)
-        )
+        assert extra == expected_extra(mirror, name, heads[name], first.run_id)
         assert extra["source_version"].startswith('etag:"')
-        metadata = heads[name]["Metadata"]
-        assert metadata["sha256"] == extra["sha256"] and metadata["rows"] == str(extra["rows"])
-        assert metadata["source-version"] == extra["source_version"]
-        assert metadata["source-url"] == extra["source_url"]
+        assert heads[name]["Metadata"]["source-url"] == extra["source_url"]
+        assert heads[name]["Metadata"]["ingest-id"] == extra["ingest_id"]
     downloads = mirror.archive_gets()
 
     second = run(dagbag, mirror.conf())
@@ -217,28 +217,30 @@ def test_corrupt_archive_fails_and_leaves_s3_untouched(dagbag, mirror: Mirror, s
         assert after[name]["Metadata"] == before[name]["Metadata"]
 
 
-def test_failed_second_upload_emits_nothing_and_next_run_reingests(
+def test_failed_publish_keeps_the_previous_pair_current(
     dagbag, mirror: Mirror, s3, aws_conn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The second completion (Posts.xml, the larger) is refused: Users.xml, completed first,
+    is put back, nothing is announced, and the next run ingests again without force."""
     assert run(dagbag, mirror.conf()).state == "success"
-    deny_users = lambda method, path: method in ("PUT", "POST") and "Users.xml" in path  # noqa: E731
-    with S3FaultProxy(aws_conn, deny=deny_users) as proxy:
-        conn = json.loads(os.environ["AIRFLOW_CONN_AWS_CONN"])
-        conn["extra"]["endpoint_url"] = proxy.url
-        monkeypatch.setenv("AIRFLOW_CONN_AWS_CONN", json.dumps(conn))
+    before = stored(s3)
+    deny = lambda method, path: method == "POST" and "Posts.xml?uploadId=" in path  # noqa: E731
+    conn = json.loads(os.environ["AIRFLOW_CONN_AWS_CONN"])
+    with S3FaultProxy(aws_conn, deny=deny) as proxy, monkeypatch.context() as patch:
+        patch.setenv("AIRFLOW_CONN_AWS_CONN", json.dumps(
+            {**conn, "extra": {**conn["extra"], "endpoint_url": proxy.url}}))  # fmt: skip
         broken = run(dagbag, mirror.conf(force=True))
         assert proxy.denied
-    monkeypatch.setenv("AIRFLOW_CONN_AWS_CONN", json.dumps({**conn, "extra": {
-        **conn["extra"], "endpoint_url": aws_conn}}))  # fmt: skip
     assert broken.state == "failed"
     assert events(broken.run_id) == {}
-    heads = stored(s3)
-    assert heads["Posts.xml"]["Metadata"]["ingest-id"].startswith(broken.run_id)
-    assert not heads["Users.xml"]["Metadata"]["ingest-id"].startswith(broken.run_id)
+    after = stored(s3)
+    for name in KEYS:
+        assert after[name]["ETag"] == before[name]["ETag"]
+        assert after[name]["Metadata"]["ingest-id"] == before[name]["Metadata"]["ingest-id"]
 
-    healed = run(dagbag, mirror.conf())  # same source version, no force: still re-ingests
-    assert ti_state(healed, "ingest") == "success"
-    assert set(events(healed.run_id)) == {RAW_POSTS.name, RAW_USERS.name}
+    after_failure = run(dagbag, mirror.conf())  # the previous pair is still the current one
+    assert ti_state(after_failure, "ingest") == "skipped"
+    assert s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
 
 
 def test_a_pair_whose_events_were_never_recorded_is_ingested_again(
@@ -248,11 +250,11 @@ def test_a_pair_whose_events_were_never_recorded_is_ingested_again(
     complete pair of this version, but the consumer never heard of it, so it does not count."""
     from stackexchange import ingest
 
-    def worker_lost(_published: object) -> dict[str, object]:
-        raise RuntimeError("worker lost after the uploads")
+    def worker_lost(*_: object) -> dict[str, object]:
+        raise RuntimeError("worker lost after the commit")
 
     with monkeypatch.context() as patch:
-        patch.setattr(ingest.Published, "extra", property(worker_lost))
+        patch.setattr(ingest, "extra", worker_lost)
         died = run(dagbag, mirror.conf(force=True))
     assert died.state == "failed"
     assert events(died.run_id) == {}
@@ -282,6 +284,23 @@ def test_airflow_dags_test_cli(dagbag, mirror: Mirror, s3) -> None:
     assert "Posts.xml is valid" in output and "MB/s" in output
     for name, key in KEYS.items():
         assert s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == mirror.originals[name]
+
+
+def test_split_layout_is_ingested_from_two_archives(dagbag, mirror: Mirror, s3) -> None:
+    """stackoverflow.com's layout: `{site}-Posts.7z` and `{site}-Users.7z`, found by probing."""
+    site = f"split.{SITE}"
+    files = write_site(mirror.root / "split", posts=300, users=40, seed=7)
+    for table in ("Posts", "Users"):
+        member = next(p for p in files if p.name == f"{table}.xml")
+        pack_7z([member], mirror.root / "stackexchange" / f"{site}-{table}.7z")
+    done = run(dagbag, mirror.conf(site=site))
+    assert ti_state(done, "ingest") == "success"
+    emitted = events(done.run_id)
+    assert emitted[RAW_POSTS.name]["source_url"] == f"{mirror.base}/{site}-Posts.7z"
+    assert emitted[RAW_USERS.name]["source_url"] == f"{mirror.base}/{site}-Users.7z"
+    for name, key in KEYS.items():
+        member = next(p for p in files if p.name == name)
+        assert s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == member.read_bytes()
 
 
 def test_unknown_site_fails_at_once_instead_of_retrying(

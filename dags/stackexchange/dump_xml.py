@@ -1,4 +1,4 @@
-"""Streaming validation of a dump XML file while it is written: structure, rows, sha256.
+"""Streaming validation of a dump XML file while it passes through: structure, rows, sha256.
 
 A dump file is ``<root>`` holding one ``<row .../>`` per line. Real dumps start with a UTF-8 BOM,
 use CRLF and declare no DOCTYPE, so a DOCTYPE or entity declaration is refused outright (an
@@ -17,8 +17,7 @@ import subprocess
 import sys
 import threading
 from dataclasses import dataclass
-from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 from xml.parsers import expat
 
 ROOTS = {"Posts.xml": "posts", "Users.xml": "users"}
@@ -33,10 +32,13 @@ class DumpXmlError(ValueError):
 @dataclass(frozen=True)
 class ValidatedFile:
     name: str
-    path: Path
     bytes: int
     rows: int
     sha256: str
+
+
+class ByteSink(Protocol):
+    def write(self, data: bytes) -> object: ...
 
 
 class _Structure:
@@ -78,18 +80,17 @@ class _Structure:
 
 
 class DumpValidator:
-    """Parses and hashes a dump file fed in chunks.
+    """Parses a dump file fed in chunks.
 
     A parse error is remembered and raised by :meth:`finish`, so the caller can first learn
     whether the bytes themselves were intact (the archive's CRC), which is the better message.
     """
 
-    def __init__(self, name: str, *, digest: bool = True) -> None:
+    def __init__(self, name: str) -> None:
         if name not in ROOTS:
             raise ValueError(f"no validation rules for {name}; known: {', '.join(ROOTS)}")
         self.name = name
         self.bytes = 0
-        self._sha256 = hashlib.sha256() if digest else None
         self._error: DumpXmlError | None = None
         self._parser = expat.ParserCreate()
         self._structure = _Structure(name, ROOTS[name], self._parser)
@@ -98,8 +99,6 @@ class DumpValidator:
         self._parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
 
     def feed(self, data: bytes | memoryview) -> None:
-        if self._sha256 is not None:
-            self._sha256.update(data)
         self.bytes += len(data)
         self._parse(data, final=False)
 
@@ -116,8 +115,8 @@ class DumpValidator:
         except DumpXmlError as exc:
             self._error = exc
 
-    def finish(self, path: Path) -> ValidatedFile:
-        """What the file at ``path`` holds, or raise the first problem found."""
+    def finish(self) -> tuple[int, int]:
+        """``(bytes, rows)`` of the file, or raise the first problem found."""
         if self.bytes == 0:
             raise DumpXmlError(f"{self.name}: the file is empty")
         self._parse(b"", final=True)
@@ -125,23 +124,24 @@ class DumpValidator:
             raise self._error
         if self._structure.rows == 0:
             raise DumpXmlError(f"{self.name}: <{self._structure.root}> holds no <row> elements")
-        digest = self._sha256.hexdigest() if self._sha256 is not None else ""
-        return ValidatedFile(self.name, path, self.bytes, self._structure.rows, digest)
+        return self.bytes, self._structure.rows
 
 
-class ValidatingWriter:
-    """Writes a dump file to disk while a child process parses and hashes the same bytes.
+class ValidatingStream:
+    """Passes a dump file's bytes on to ``out`` while they are hashed and validated.
 
     Parsing (expat, ~100 MB/s) is the slowest step and holds the GIL; in its own process it
-    runs on a second core alongside decompression instead of after it. The child is this
-    module run as a script (standard library only), fed through a pipe.
+    runs on a second core alongside decompression and the upload. The child is this module
+    run as a script (standard library only), fed through a pipe. Hashing, the pipe and ``out``
+    are served by a thread, so decompression (which releases the GIL) goes on meanwhile; the
+    queue between them bounds the memory.
     """
 
-    def __init__(self, name: str, path: Path) -> None:
+    def __init__(self, name: str, out: ByteSink) -> None:
         if name not in ROOTS:
             raise ValueError(f"no validation rules for {name}; known: {', '.join(ROOTS)}")
-        self.name, self.path = name, path
-        self._out: BinaryIO = path.open("wb")
+        self.name, self.out = name, out
+        self.bytes = 0
         self._child = subprocess.Popen(
             [sys.executable, "-I", __file__, name], stdin=subprocess.PIPE, stdout=subprocess.PIPE
         )
@@ -151,53 +151,52 @@ class ValidatingWriter:
         # (Linux; the most an unprivileged process gets is /proc/sys/fs/pipe-max-size).
         with contextlib.suppress(OSError, AttributeError):
             fcntl.fcntl(self._pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
-        # Disk and pipe writes happen on a thread, so decompression (which, like those writes,
-        # releases the GIL) goes on while the child parses. The queue bounds the memory.
         self._chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=QUEUED_CHUNKS)
-        self._write_error: OSError | None = None
-        self._sha256 = hashlib.sha256()  # here, so the child (the slowest part) only parses
-        self._writer = threading.Thread(target=self._drain, name=f"write-{name}", daemon=True)
-        self._writer.start()
+        self._error: BaseException | None = None
+        self._sha256 = hashlib.sha256()
+        self._thread = threading.Thread(target=self._drain, name=f"pass-{name}", daemon=True)
+        self._thread.start()
 
     def write(self, data: bytes | bytearray) -> int:
-        if self._write_error is not None:
-            raise self._write_error
+        if self._error is not None:
+            raise self._error
         self._chunks.put(bytes(data))  # a copy: the caller may reuse its buffer
+        self.bytes += len(data)
         return len(data)
 
     def _drain(self) -> None:
         while (chunk := self._chunks.get()) is not None:
-            if self._write_error is not None:
+            if self._error is not None:
                 continue  # keep emptying the queue so write() never blocks forever
             self._sha256.update(chunk)
-            try:
-                self._out.write(chunk)
-            except OSError as exc:  # e.g. the disk is full
-                self._write_error = exc
-                continue
             if self._pipe is not None:
                 try:
                     self._pipe.write(chunk)
                 except BrokenPipeError:  # the child died; finish() reports how
                     self._pipe = None
+            try:
+                self.out.write(chunk)
+            except BaseException as exc:  # e.g. an upload failed: stop the pipeline
+                self._error = exc
 
     def close(self) -> None:
-        """Flush, close the file and the pipe; the child then reports and exits."""
-        if self._writer.is_alive():
+        """Flush and close the pipe; the child then reports and exits."""
+        if self._thread.is_alive():
             self._chunks.put(None)
-            self._writer.join()
-        self._out.close()
+            self._thread.join()
         if self._pipe is not None:
             with contextlib.suppress(BrokenPipeError):
                 self._pipe.close()
             self._pipe = None
+        if self._child.poll() is None and self._error is not None:
+            self._child.kill()
         self._child.wait()  # its report (one line) fits in the pipe, so it never blocks here
 
     def finish(self) -> ValidatedFile:
-        """Close the file and return what it holds, or raise the first problem found."""
+        """What the file holds, or raise the first problem found."""
         self.close()
-        if self._write_error is not None:
-            raise self._write_error
+        if self._error is not None:
+            raise self._error
         assert self._child.stdout is not None
         output = self._child.stdout.read()
         if self._child.returncode != 0:
@@ -205,31 +204,21 @@ class ValidatingWriter:
         result = json.loads(output)
         if "error" in result:
             raise DumpXmlError(result["error"])
-        return ValidatedFile(
-            self.name, self.path, result["bytes"], result["rows"], self._sha256.hexdigest()
-        )
+        if result["bytes"] != self.bytes:
+            raise RuntimeError(f"validating {self.name}: the child saw {result['bytes']} bytes "
+                               f"of {self.bytes}")  # fmt: skip
+        return ValidatedFile(self.name, result["bytes"], result["rows"], self._sha256.hexdigest())
 
 
 def validate_stream(
-    stream: BinaryIO | io.RawIOBase,
-    name: str,
-    path: Path | None = None,
-    chunk_bytes: int = 1 << 20,
-    *,
-    digest: bool = True,
-) -> ValidatedFile:
-    """Validate a dump file read from ``stream`` (``name`` picks the rules)."""
-    validator = DumpValidator(name, digest=digest)
+    stream: BinaryIO | io.RawIOBase, name: str, chunk_bytes: int = PIPE_BYTES
+) -> tuple[int, int]:
+    """``(bytes, rows)`` of a dump file read from ``stream`` (``name`` picks the rules)."""
+    validator = DumpValidator(name)
     buffer = memoryview(bytearray(chunk_bytes))  # reused: no allocation per chunk
     while size := stream.readinto(buffer):
         validator.feed(buffer[:size])
-    return validator.finish(path or Path(name))
-
-
-def validate_file(path: Path, name: str | None = None, chunk_bytes: int = 1 << 20) -> ValidatedFile:
-    """Validate a dump file on disk (``name`` picks the rules; default: the file's name)."""
-    with path.open("rb") as src:
-        return validate_stream(src, name or path.name, path, chunk_bytes)
+    return validator.finish()
 
 
 def _validate_stdin(name: str) -> None:
@@ -237,8 +226,8 @@ def _validate_stdin(name: str) -> None:
     try:
         # Unbuffered: each read takes what the pipe holds, no copy through a buffer.
         stdin = sys.stdin.buffer.raw
-        result = validate_stream(stdin, name, chunk_bytes=PIPE_BYTES, digest=False)
-        print(json.dumps({"bytes": result.bytes, "rows": result.rows}))
+        size, rows = validate_stream(stdin, name)
+        print(json.dumps({"bytes": size, "rows": rows}))
     except DumpXmlError as exc:
         print(json.dumps({"error": str(exc)}))
 

@@ -1,8 +1,14 @@
-"""The ingest the producer DAG runs: decide, download, extract+validate, publish.
+"""The ingest the producer DAG runs: decide (:func:`check`), stream and publish (:func:`ingest`).
 
-Two entry points, one per task: :func:`check` (cheap: HEAD + S3 metadata, decides whether to
-ingest) and :func:`ingest` (everything heavy, in one task, because on KubernetesExecutor every
-task runs in its own pod with its own disk).
+One streaming pipeline per archive, its stages overlapped::
+
+    download thread ──► local archive file ──► py7zr (main thread) ──► per member:
+        sha256 + validator child process (expat) + S3 multipart parts (upload threads)
+
+No extracted XML touches the disk; the archive does (for resume), and is deleted as soon as it
+is read. Nothing becomes visible until both members validated, every CRC and the published
+checksum matched and every part is uploaded: then ``publish.commit`` completes the pair.
+Any failure aborts both multipart uploads; the previous pair stays as it was.
 """
 
 from __future__ import annotations
@@ -11,55 +17,84 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from stackexchange import archive, s3_publish, source
-from stackexchange.assets import BUCKET, POSTS_KEY, USERS_KEY
-from stackexchange.dump_xml import DumpXmlError, ValidatedFile, ValidatingWriter
-from stackexchange.settings import DownloadPolicy
+from stackexchange import archive, publish, s3, source, url_policy
+from stackexchange.assets import BUCKET, PREFIX
+from stackexchange.download import open_archive
+from stackexchange.dump_xml import DumpXmlError, ValidatingStream
+from stackexchange.multipart import MultipartUpload, part_size_for
+from stackexchange.progress import Counter, Reporter
+from stackexchange.settings import DownloadPolicy, Limits
 
 log = logging.getLogger(__name__)
 
-MEMBER_KEYS = {"Posts.xml": POSTS_KEY, "Users.xml": USERS_KEY}
+KEYS = publish.Keys(BUCKET, PREFIX)
 # Failures a retry cannot fix (bad params, unknown site, S3 set-up, invalid data): fail fast.
 PERMANENT_ERRORS = (
-    source.InvalidSourceParam,
+    url_policy.InvalidSourceParam,
     source.SourceNotFound,
-    s3_publish.S3ConfigError,
+    s3.S3ConfigError,
     DumpXmlError,
+    archive.ArchiveRefused,
 )
 
 
-@dataclass(frozen=True)
-class Published:
-    """One object written to S3; ``extra`` is the asset event's payload (the team contract)."""
-
-    site: str
-    uri: str
-    file: ValidatedFile
-    source: source.SourceInfo
-
-    @property
-    def extra(self) -> dict[str, object]:
-        return {
-            "site": self.site,
-            "uri": self.uri,
-            "bytes": self.file.bytes,
-            "rows": self.file.rows,
-            "sha256": self.file.sha256,
-            "source_url": self.source.url,
-            "source_version": self.source.version,
-        }
-
-
 def ingest_id(run_id: str, try_number: int) -> str:
-    """The id recorded on both objects: which DAG run (and try) wrote them."""
+    """The id recorded on both objects and the manifest: which DAG run (and try) wrote them."""
     return f"{run_id}#{try_number}"
 
 
 def run_id_of(ingest_id: str) -> str:
     return ingest_id.rpartition("#")[0]
+
+
+def extra(site: str, ingest_id: str, published: publish.PublishedObject) -> dict[str, object]:
+    """An asset event's payload (the team contract): what was published, and from what."""
+    return {
+        "site": site,
+        "uri": published.uri,
+        "bytes": published.bytes,
+        "rows": published.rows,
+        "sha256": published.sha256,
+        "etag": published.etag,
+        "version_id": published.version_id,
+        "source_url": published.source_url,
+        "source_version": published.source_version,
+        "ingest_id": ingest_id,
+    }
+
+
+def _client(aws_conn_id: str) -> Any:
+    hook = s3.s3_hook(aws_conn_id)
+    with s3.explained(aws_conn_id, BUCKET, "checking the bucket"):
+        client = hook.get_conn()
+        client.head_bucket(Bucket=BUCKET)  # fail early, before any download
+    return client
+
+
+def up_to_date(
+    client: Any, manifest: publish.Manifest | None, found: source.Source
+) -> tuple[bool, str]:
+    """Whether the published pair is this source's, whole and unchanged; and why not."""
+    if manifest is None:
+        return False, f"no complete pair is published yet (no s3://{BUCKET}/{KEYS.manifest})"
+    for member, remote in found.archives.items():
+        published = manifest.objects.get(member)
+        if published is None:
+            return False, f"the manifest has no {member}"
+        if published.source_url != remote.url:
+            return False, f"{member} came from {published.source_url}, not {remote.url}"
+        if published.source_version != remote.version:
+            return False, (
+                f"{member} holds source version {published.source_version!r}, the source now "
+                f"has {remote.version!r}"
+            )
+    changed = publish.matches(client, KEYS, manifest)
+    if changed:
+        return False, f"the keys changed since the manifest was written: {changed}"
+    return True, f"both objects are the source's current version ({manifest.ingest_id})"
 
 
 def check(
@@ -71,20 +106,19 @@ def check(
 ) -> bool:
     """True if the dump must be ingested: S3 lacks this source version, or ``force``.
 
-    ``ingest_succeeded(run_id)`` tells whether that run's ingest task succeeded. A run can
-    die after both uploads but before Airflow records its asset events; S3 then holds an
-    up-to-date pair that the consumer never heard of, so that pair does not count.
+    First repairs what a dead run left (``publish.recover``). ``ingest_succeeded(run_id)``
+    tells whether that run's ingest task succeeded: a run can die after the commit but before
+    Airflow records its asset events; the consumer never heard of that pair, so it does not
+    count.
     """
-    url = source.archive_url(source_base_url, site)
-    hook = s3_publish.s3_hook(aws_conn_id)
-    s3_publish.check_bucket(hook, BUCKET)
-    info = source.probe(url, DownloadPolicy.from_env())
-    size = source.human_bytes(info.size) if info.size is not None else "unknown size"
-    log.info("Source %s: %s, version %s", url, size, info.version)
-    stored = s3_publish.stored_metadata(hook, BUCKET, list(MEMBER_KEYS.values()))
-    current, reason = s3_publish.up_to_date(stored, url, info.version)
-    if current:  # both objects exist and carry the same ingest id
-        writer = run_id_of((stored[POSTS_KEY] or {}).get("ingest-id", ""))
+    client = _client(aws_conn_id)
+    found = source.resolve(site, source_base_url, DownloadPolicy.from_env())
+    with s3.explained(aws_conn_id, BUCKET, "repairing the published pair"):
+        publish.recover(client, KEYS)
+        manifest = publish.read_manifest(client, KEYS)
+        current, reason = up_to_date(client, manifest, found)
+    if current and manifest is not None:
+        writer = run_id_of(manifest.ingest_id)
         if not writer or not ingest_succeeded(writer):
             current = False
             reason = (
@@ -101,53 +135,121 @@ def check(
     return True
 
 
-def _check_free_space(directory: Path, needed: int | None) -> None:
+class _Counted:
+    """Counts the bytes passing to ``inner`` (decompressed bytes, for the progress log)."""
+
+    def __init__(self, inner: ValidatingStream, counter: Counter) -> None:
+        self.inner, self.counter = inner, counter
+
+    def write(self, data: bytes | bytearray) -> int:
+        self.counter.done += len(data)
+        return self.inner.write(data)
+
+
+def _check_free_space(directory: Path, remote: source.RemoteArchive, limits: Limits) -> None:
+    needed = (remote.size or 0) + limits.disk_margin_bytes
     free = shutil.disk_usage(directory).free
-    if needed is not None and free < needed:
+    if free < needed:
         raise OSError(
-            f"{directory} has {source.human_bytes(free)} free but the archive alone is "
-            f"{source.human_bytes(needed)}: give the worker more disk or point TMPDIR elsewhere"
+            f"{directory} has {source.human_bytes(free)} free but {remote.name} needs "
+            f"{source.human_bytes(needed)} (the archive, kept for resume, plus a margin): give "
+            "the worker more disk or point TMPDIR elsewhere"
         )
 
 
-def ingest(site: str, source_base_url: str, aws_conn_id: str, ingest_id: str) -> list[Published]:
-    """Download, verify, extract, validate and publish both files; nothing is published
-    unless both validated. The temporary directory is always removed."""
-    url = source.archive_url(source_base_url, site)
-    policy = DownloadPolicy.from_env()
-    hook = s3_publish.s3_hook(aws_conn_id)
-    s3_publish.check_bucket(hook, BUCKET)
-    with tempfile.TemporaryDirectory(prefix="stackexchange-ingest-") as tmp:
-        workdir = Path(tmp)
-        checksum = source.published_checksum(source_base_url, url, policy)
-        _check_free_space(workdir, source.probe(url, policy).size)
-        archive_path = workdir / f"{site}.7z"
-        info = source.download(url, archive_path, policy, checksum)
+def _metadata(site: str, remote: source.RemoteArchive, ingest_id: str) -> dict[str, str]:
+    values = {
+        "site": site,
+        "source-url": remote.url,
+        "source-version": remote.version,
+        "ingest-id": ingest_id,
+    }
+    return {name: s3.ascii_value(value) for name, value in values.items()}
 
-        writers: dict[str, ValidatingWriter] = {}
 
-        def open_writer(name: str) -> ValidatingWriter:
-            writers[name] = ValidatingWriter(name, workdir / name)
-            return writers[name]
+def _stage(
+    client: Any,
+    found: source.Source,
+    ingest_id: str,
+    workdir: Path,
+    uploads: list[MultipartUpload],
+) -> dict[str, publish.Staged]:
+    """Stream every archive's members into open multipart uploads; validated, not visible."""
+    policy, limits = DownloadPolicy.from_env(), Limits.from_env()
+    downloaded = Counter(sum(a.size or 0 for a, _ in found.unique_archives()))
+    decompressed, uploaded = Counter(), Counter()
+    counters = {"downloaded": downloaded, "decompressed": decompressed, "uploaded": uploaded}
+    staged: dict[str, publish.Staged] = {}
+    with Reporter(f"ingest of {found.site}", counters, policy.progress_seconds):
+        for remote, members in found.unique_archives():
+            if not remote.url.startswith("file:"):
+                _check_free_space(workdir, remote, limits)
+            done_before = downloaded.done
+            with open_archive(remote, workdir, policy) as fileobj:
+                seven_zip, declared = archive.open_members(fileobj, remote.name, members, limits)
+                size = sum(m.size for m in declared.values())
+                decompressed.total = (decompressed.total or 0) + size
+                uploaded.total = decompressed.total
+                streams: dict[str, ValidatingStream] = {}
+                targets: dict[str, MultipartUpload] = {}
+                with seven_zip:
+                    try:
+                        for member in members:
+                            targets[member] = MultipartUpload(
+                                client,
+                                BUCKET,
+                                KEYS.key(member),
+                                _metadata(found.site, remote, ingest_id),
+                                part_size_for(declared[member].size),
+                                uploaded,
+                            )
+                            uploads.append(targets[member])
+                            streams[member] = ValidatingStream(member, targets[member])
+                        log.info("Streaming %s from %s", " and ".join(members), remote.name)
+                        archive.stream(
+                            seven_zip,
+                            remote.name,
+                            {m: _Counted(s, decompressed) for m, s in streams.items()},
+                        )
+                    finally:
+                        for stream in streams.values():
+                            stream.close()
+                files = {member: streams[member].finish() for member in members}
+                for member in members:
+                    targets[member].finish()
+                    log.info("%s is valid: %d rows, %s, sha256 %s", member, files[member].rows,
+                             source.human_bytes(files[member].bytes),
+                             files[member].sha256)  # fmt: skip
+                fileobj.finish()  # the whole archive arrived and matches its checksum
+                downloaded.done = done_before + fileobj.size
+            for member in members:
+                staged[member] = publish.Staged(targets[member], files[member], remote)
+    return staged
 
-        log.info(
-            "Extracting and validating %s from %s", " and ".join(MEMBER_KEYS), archive_path.name
-        )
-        archive.extract(archive_path, list(MEMBER_KEYS), open_writer)
-        archive_path.unlink()
-        files = [writers[name].finish() for name in MEMBER_KEYS]
-        for file in files:
-            log.info("%s is valid: %d rows, %s, sha256 %s", file.name, file.rows,
-                     source.human_bytes(file.bytes), file.sha256)  # fmt: skip
 
-        metadata = {
-            "site": site,
-            "source-url": url,
-            "source-version": info.version,
-            "source-etag": info.etag or "",
-            "source-last-modified": info.last_modified or "",
-            "ingest-id": ingest_id,
-        }
-        uploads = [s3_publish.Upload(MEMBER_KEYS[f.name], f) for f in files]
-        s3_publish.publish(hook, BUCKET, uploads, metadata)
-        return [Published(site, f"s3://{BUCKET}/{u.key}", u.file, info) for u in uploads]
+def ingest(site: str, source_base_url: str, aws_conn_id: str, ingest_id: str) -> list[dict]:
+    """Stream, verify, validate and publish both files as one pair; the asset events' extras.
+
+    Nothing is published unless everything verified; any failure aborts every multipart
+    upload, and the previous pair stays readable and consistent.
+    """
+    client = _client(aws_conn_id)
+    found = source.resolve(site, source_base_url, DownloadPolicy.from_env())
+    log.info("Layout: %s (%s)", found.layout,
+             ", ".join(a.name for a, _ in found.unique_archives()))  # fmt: skip
+    with s3.explained(aws_conn_id, BUCKET, "repairing the published pair"):
+        publish.recover(client, KEYS)
+    uploads: list[MultipartUpload] = []
+    try:
+        with (
+            tempfile.TemporaryDirectory(prefix="stackexchange-ingest-") as tmp,
+            s3.explained(aws_conn_id, BUCKET, "uploading"),
+        ):
+            staged = _stage(client, found, ingest_id, Path(tmp), uploads)
+    except BaseException:
+        for upload in uploads:
+            upload.abort()
+        raise
+    with s3.explained(aws_conn_id, BUCKET, "publishing the pair"):
+        manifest = publish.commit(client, KEYS, site, ingest_id, staged)
+    return [extra(site, ingest_id, manifest.objects[member]) for member in source.MEMBERS]

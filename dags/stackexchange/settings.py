@@ -1,6 +1,7 @@
 """Runtime settings of the ingest, from the environment (read when a task runs, not at parse time).
 
-Bucket and prefix live in ``assets.py`` because the Asset URIs need them at parse time.
+Bucket and prefix live in ``assets.py`` because the Asset URIs need them at parse time; the URL
+policy's settings (allowed hosts, file root) live in ``url_policy.py``.
 """
 
 from __future__ import annotations
@@ -44,12 +45,29 @@ class DownloadPolicy:
             attempts=max(1, int(_number("STACKEXCHANGE_DOWNLOAD_ATTEMPTS", cls.attempts))),
             backoff_seconds=_number("STACKEXCHANGE_DOWNLOAD_BACKOFF_SECONDS", cls.backoff_seconds),
             read_timeout=_number("STACKEXCHANGE_READ_TIMEOUT_SECONDS", cls.read_timeout),
-            progress_seconds=_number("STACKEXCHANGE_PROGRESS_SECONDS", cls.progress_seconds),
+            # The task log shows progress at least every 30 s, whatever is configured.
+            progress_seconds=min(
+                _number("STACKEXCHANGE_PROGRESS_SECONDS", cls.progress_seconds), 30.0
+            ),
         )
 
-    def backoff(self, attempt: int) -> float:
-        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        return min(self.backoff_seconds * 2 ** (attempt - 1), self.backoff_max_seconds)
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds checked against the 7z header before anything is decompressed."""
+
+    # Real dumps expand 5-15x (XML under LZMA2); an archive declaring far more is a bomb.
+    max_expansion_ratio: float = 100.0
+    # Kept free on the scratch disk beyond the archive itself.
+    disk_margin_bytes: int = 64 << 20
+
+    @classmethod
+    def from_env(cls) -> Limits:
+        return cls(
+            max_expansion_ratio=_number(
+                "STACKEXCHANGE_MAX_EXPANSION_RATIO", cls.max_expansion_ratio
+            ),
+        )
 
 
 def checksums_url_override() -> str | None:

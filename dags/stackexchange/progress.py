@@ -1,0 +1,63 @@
+"""Progress of the ingest in the task log: bytes downloaded, decompressed and uploaded, rates, ETA.
+
+The pipeline's stages bump their :class:`Counter`; :class:`Reporter` logs all of them from its own
+thread every ``interval`` seconds (at most 30), and once more at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from stackexchange.source import human_bytes
+
+log = logging.getLogger(__name__)
+
+
+class Counter:
+    """Bytes done so far of ``total`` (None: unknown). Written by one thread, read by others."""
+
+    def __init__(self, total: int | None = None) -> None:
+        self.done = 0
+        self.total = total
+
+
+class Reporter:
+    """Use as a context manager around the work; ``counters`` maps a stage name to its counter."""
+
+    def __init__(self, what: str, counters: dict[str, Counter], interval: float) -> None:
+        self.what, self.counters, self.interval = what, counters, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
+        self.started = time.monotonic()
+
+    def __enter__(self) -> Reporter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.report()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.report()
+
+    def report(self) -> None:
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        parts, fractions = [], []
+        for stage, counter in self.counters.items():
+            rate = counter.done / elapsed / 1e6
+            if counter.total:
+                fraction = min(counter.done / counter.total, 1.0)
+                fractions.append(fraction)
+                parts.append(f"{stage} {human_bytes(counter.done)} of "
+                             f"{human_bytes(counter.total)} ({100 * fraction:.0f}%) "
+                             f"at {rate:.1f} MB/s")  # fmt: skip
+            else:
+                parts.append(f"{stage} {human_bytes(counter.done)} at {rate:.1f} MB/s")
+        slowest = min(fractions, default=0.0)
+        eta = f"ETA {elapsed * (1 - slowest) / slowest:.0f}s" if 0 < slowest < 1 else ""
+        log.info("%s: %s%s", self.what, "; ".join(parts), f"; {eta}" if eta else "")

@@ -1,0 +1,281 @@
+"""Faults at every point of the streamed ingest leave the previous pair whole, and the next run
+publishes a consistent pair with no multipart upload left open.
+
+The ingest runs for real: a local HTTP mirror (tests/http_fixtures.py), py7zr, the validator
+child process, and moto's S3 server over HTTP, with S3FaultProxy in front of it to make chosen
+S3 calls fail. A killed task is a real process killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from local.sample_dump import pack_7z, write_site
+from stackexchange import ingest, multipart, publish
+from stackexchange.assets import BUCKET, POSTS_KEY, USERS_KEY
+from stackexchange.dump_xml import DumpXmlError
+from stackexchange.s3 import S3PublishError
+from tests.http_fixtures import DumpServer, S3FaultProxy
+from tests.moto_s3 import s3_client
+
+REPO = Path(__file__).resolve().parents[1]
+SITE = "faults.stackexchange.com"
+KEYS = {"Posts.xml": POSTS_KEY, "Users.xml": USERS_KEY}
+pytestmark = pytest.mark.e2e
+
+
+@dataclass
+class Mirror:
+    server: DumpServer
+    root: Path
+
+    @property
+    def base(self) -> str:
+        return f"{self.server.url}/stackexchange"
+
+    def archive(self, site: str = SITE) -> Path:
+        return self.root / "stackexchange" / f"{site}.7z"
+
+
+@pytest.fixture(scope="module")
+def mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mirror]:
+    """Two versions of one site (v1 published first, then v2 replaces it), a split-layout site,
+    and a site whose Users.xml breaks after all of Posts.xml streamed."""
+    root = tmp_path_factory.mktemp("mirror")
+    item = root / "stackexchange"
+    v1 = write_site(root / "v1", posts=3000, users=200, seed=1)
+    pack_7z(v1, item / f"v1.{SITE}.7z")
+    # Posts.xml above 2 parts of 5 MiB (the tests lower the part size to S3's minimum).
+    v2 = write_site(root / "v2", posts=24000, users=300, body_words=60, seed=2)
+    pack_7z(v2, item / f"{SITE}.7z")
+    bad = write_site(root / "bad", posts=3000, users=200, seed=3)
+    users = next(p for p in bad if p.name == "Users.xml")
+    users.write_bytes(users.read_bytes().replace(b"</users>", b"<row Id='x' </users>"))
+    pack_7z(bad, item / f"badusers.{SITE}.7z")
+    with DumpServer(root) as server:
+        yield Mirror(server, root)
+
+
+@pytest.fixture
+def s3(aws_conn: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """An empty bucket (objects and open uploads removed) and a fast, local-friendly ingest."""
+    monkeypatch.setenv("STACKEXCHANGE_ALLOWED_HOSTS", "127.0.0.1,localhost")
+    monkeypatch.setenv("STACKEXCHANGE_CHECKSUMS_URL", "none")
+    monkeypatch.setenv("STACKEXCHANGE_DOWNLOAD_BACKOFF_SECONDS", "0")
+    monkeypatch.setattr(multipart, "MIN_PART_BYTES", 5 << 20)
+    client = s3_client(aws_conn)
+    with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
+        client.create_bucket(Bucket=BUCKET)
+    publish.abort_stale_uploads(client, ingest.KEYS)
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
+        for item in page.get("Contents", []):
+            client.delete_object(Bucket=BUCKET, Key=item["Key"])
+    return client
+
+
+def publish_v1(mirror: Mirror) -> publish.Manifest:
+    ingest.ingest(f"v1.{SITE}", mirror.base, "aws_conn", "v1-run#1")
+    manifest = publish.read_manifest(s3_client_from_env(), ingest.KEYS)
+    assert manifest is not None
+    return manifest
+
+
+def s3_client_from_env() -> Any:
+    conn = json.loads(os.environ["AIRFLOW_CONN_AWS_CONN"])
+    return s3_client(conn["extra"]["endpoint_url"])
+
+
+def assert_pair_is(client: Any, manifest: publish.Manifest) -> None:
+    """The keys hold exactly ``manifest``'s pair, it is the manifest on S3, and nothing of a
+    failed run is left: no open upload, no commit scratch."""
+    assert publish.read_manifest(client, ingest.KEYS) == manifest
+    assert publish.matches(client, ingest.KEYS, manifest) is None
+    for name, key in KEYS.items():
+        head = client.head_object(Bucket=BUCKET, Key=key)
+        assert head["Metadata"]["ingest-id"] == manifest.ingest_id
+        assert head["ETag"].strip('"') == manifest.objects[name].etag
+
+
+def assert_nothing_left(client: Any) -> None:
+    assert client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket=BUCKET).get("Contents", [])}
+    assert keys == {POSTS_KEY, USERS_KEY, ingest.KEYS.manifest}
+
+
+def open_uploads(client: Any) -> list[str]:
+    return [u["Key"] for u in client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", [])]
+
+
+@contextlib.contextmanager
+def s3_through(proxy: S3FaultProxy, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    conn = json.loads(os.environ["AIRFLOW_CONN_AWS_CONN"])
+    with proxy, monkeypatch.context() as patch:
+        patch.setenv("AIRFLOW_CONN_AWS_CONN", json.dumps(
+            {**conn, "extra": {**conn["extra"], "endpoint_url": proxy.url}}))  # fmt: skip
+        yield
+
+
+def recovers(mirror: Mirror, client: Any) -> None:
+    """The next run publishes v2 whole and leaves nothing behind."""
+    extras = ingest.ingest(SITE, mirror.base, "aws_conn", "next-run#1")
+    manifest = publish.read_manifest(client, ingest.KEYS)
+    assert manifest is not None and manifest.ingest_id == "next-run#1"
+    assert_pair_is(client, manifest)
+    assert_nothing_left(client)
+    assert [e["etag"] for e in extras] == [manifest.objects[n].etag for n in KEYS]
+    originals = {p.name: p.read_bytes() for p in (mirror.root / "v2").iterdir()}
+    for name, key in KEYS.items():
+        assert client.get_object(Bucket=BUCKET, Key=key)["Body"].read() == originals[name]
+
+
+def test_a_failed_part_upload_aborts_both_uploads(
+    mirror: Mirror, s3: Any, aws_conn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    previous = publish_v1(mirror)
+    second_part = lambda method, path: method == "PUT" and "partNumber=2" in path  # noqa: E731
+    with (
+        s3_through(S3FaultProxy(aws_conn, deny=second_part), monkeypatch),
+        pytest.raises(S3PublishError, match="denied"),
+    ):
+        ingest.ingest(SITE, mirror.base, "aws_conn", "broken#1")
+    assert open_uploads(s3) == []  # both aborted by the failing run itself
+    assert_pair_is(s3, previous)
+    recovers(mirror, s3)
+
+
+def test_a_failed_completion_of_the_second_object_restores_the_first(
+    mirror: Mirror, s3: Any, aws_conn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    previous = publish_v1(mirror)
+    completions: list[str] = []
+
+    def second_completion(method: str, path: str) -> bool:
+        if method == "POST" and "uploadId=" in path and "/_publish/" not in path:
+            completions.append(path)
+            return len(completions) == 2
+        return False
+
+    with (
+        s3_through(S3FaultProxy(aws_conn, deny=second_completion), monkeypatch),
+        pytest.raises(S3PublishError, match="denied"),
+    ):
+        ingest.ingest(SITE, mirror.base, "aws_conn", "broken#1")
+    assert "Users.xml" in completions[0] and "Posts.xml" in completions[1]
+    assert_pair_is(s3, previous)  # Users, completed first, was put back part for part
+    assert_nothing_left(s3)
+    recovers(mirror, s3)
+
+
+def test_invalid_users_after_all_of_posts_streamed_publishes_nothing(
+    mirror: Mirror, s3: Any
+) -> None:
+    previous = publish_v1(mirror)
+    with pytest.raises(DumpXmlError, match="Users.xml: malformed XML"):
+        ingest.ingest(f"badusers.{SITE}", mirror.base, "aws_conn", "bad#1")
+    assert open_uploads(s3) == []
+    assert_pair_is(s3, previous)
+    recovers(mirror, s3)
+
+
+def _killed_on_call(monkeypatch: pytest.MonkeyPatch, owner: Any, method: str, call: int) -> None:
+    """The ``call``-th call of ``owner.method`` kills the 'process': a BaseException that no
+    cleanup catches, as SIGKILL would at that exact point of the commit."""
+    real = getattr(owner, method)
+    calls = []
+
+    def dying(*args: Any, **kwargs: Any) -> Any:
+        calls.append(method)
+        if len(calls) == call:
+            raise SystemExit("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, method, dying)
+
+
+@pytest.mark.parametrize(
+    ("point", "outcome"),
+    [
+        ("between the two completions", "rolled back"),
+        ("after both completions, before the manifest", "committed"),
+    ],
+)
+def test_killed_inside_the_commit_the_next_run_repairs_the_pair(
+    mirror: Mirror, s3: Any, monkeypatch: pytest.MonkeyPatch, point: str, outcome: str
+) -> None:
+    previous = publish_v1(mirror)
+    with monkeypatch.context() as patch:
+        if outcome == "rolled back":
+            _killed_on_call(patch, multipart.MultipartUpload, "complete", 2)
+        else:  # put_object writes pending.json, then the manifest
+            _killed_on_call(patch, publish, "_put_json", 2)
+        with pytest.raises(SystemExit):
+            ingest.ingest(SITE, mirror.base, "aws_conn", "killed#1")
+    publish.recover(s3, ingest.KEYS)  # what the next run does first
+    repaired = publish.read_manifest(s3, ingest.KEYS)
+    assert repaired is not None
+    if outcome == "rolled back":
+        assert_pair_is(s3, previous)
+    else:
+        assert repaired.ingest_id == "killed#1"
+        assert_pair_is(s3, repaired)
+    assert_nothing_left(s3)
+    recovers(mirror, s3)
+
+
+WORKER = """
+import sys
+from stackexchange.ingest import ingest
+ingest(sys.argv[1], sys.argv[2], "aws_conn", "killed#1")
+"""
+
+
+@pytest.mark.parametrize("share", [0.1, 0.5, 0.9])
+def test_sigkill_mid_stream_leaves_the_previous_pair(
+    mirror: Mirror, s3: Any, share: float, tmp_path: Path
+) -> None:
+    previous = publish_v1(mirror)
+    size = mirror.archive().stat().st_size
+    mirror.server.faults.bytes_per_second = size / 4  # about 4 s of download
+    try:
+        env = {**os.environ, "PYTHONPATH": f"{REPO / 'dags'}:{REPO}", "TMPDIR": str(tmp_path)}
+        worker = subprocess.Popen([sys.executable, "-c", WORKER, SITE, mirror.base], env=env)
+        start = mirror.server.served
+        deadline = time.monotonic() + 60
+        while mirror.server.served - start < share * size and worker.poll() is None:
+            assert time.monotonic() < deadline, "the worker never got that far"
+            time.sleep(0.02)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+    finally:
+        mirror.server.faults.bytes_per_second = 0
+    assert worker.returncode == -signal.SIGKILL
+    assert_pair_is(s3, previous)  # nothing of the killed run is visible
+    recovers(mirror, s3)  # and its open uploads are aborted by the next run
+
+
+def test_split_layout_publishes_the_pair(mirror: Mirror, s3: Any, tmp_path: Path) -> None:
+    """stackoverflow.com's layout: one archive per table."""
+    site = f"split.{SITE}"
+    files = {p.name: p for p in write_site(tmp_path / "site", posts=500, users=50, seed=4)}
+    for table in ("Posts", "Users"):
+        pack_7z([files[f"{table}.xml"]], mirror.root / "stackexchange" / f"{site}-{table}.7z")
+    extras = ingest.ingest(site, mirror.base, "aws_conn", "split#1")
+    assert [e["source_url"] for e in extras] == [
+        f"{mirror.base}/{site}-Posts.7z",
+        f"{mirror.base}/{site}-Users.7z",
+    ]
+    for name, key in KEYS.items():
+        assert s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == files[name].read_bytes()
+    assert_nothing_left(s3)
