@@ -11,7 +11,8 @@ from local.databricks_standin.bundle import BUNDLE_DIR, Job, Task, load_jobs
 from local.databricks_standin.notebooks import code_cells
 
 CONTRACT_PARAMETERS = {
-    "posts_uri", "users_uri", "site", "posts_sha256", "users_sha256", "catalog", "schema",
+    "posts_uri", "users_uri", "site", "posts_sha256", "users_sha256", "posts_etag", "users_etag",
+    "posts_version_id", "users_version_id", "catalog", "schema",
 }  # fmt: skip
 
 

@@ -10,6 +10,7 @@ from pyspark.sql import SparkSession
 
 from local.sample_dump import post_rows, user_rows, write_xml
 from medallion import bronze, schemas
+from medallion.objects import Identity
 
 
 def _read(spark: SparkSession, path: Path, schema) -> list[dict]:
@@ -76,10 +77,27 @@ def test_ingestion_metadata(spark: SparkSession) -> None:
         site="s.example",
         source_uri="s3://b/k/Posts.xml",
         source_sha256="ab" * 32,
+        source=Identity("9b2cf535f27731c974343645a3985328-3", "v7"),
         ingested_at=at,
     )
     row = df.collect()[0].asDict()
     assert df.columns == ["Id", *bronze.METADATA_COLUMNS]
     assert row["_site"] == "s.example" and row["_source_uri"] == "s3://b/k/Posts.xml"
     assert row["_source_sha256"] == "ab" * 32
+    assert row["_source_etag"] == "9b2cf535f27731c974343645a3985328-3"
+    assert row["_source_version_id"] == "v7"
     assert row["_ingested_at"] == datetime(2024, 5, 6, 7, 8, 9)  # session time zone is UTC
+
+
+def test_sha256_only_and_unversioned_sources_record_nulls(spark: SparkSession) -> None:
+    df = bronze.with_ingestion_metadata(
+        spark.createDataFrame([(1,)], "Id long"),
+        site="s.example",
+        source_uri="s3://b/k/Posts.xml",
+        source_sha256="ab" * 32,
+        source=Identity(""),
+        ingested_at=datetime(2024, 5, 6, tzinfo=UTC),
+    )
+    row = df.collect()[0]
+    assert (row["_source_etag"], row["_source_version_id"]) == (None, None)
+    assert dict(df.dtypes)["_source_etag"] == dict(df.dtypes)["_source_version_id"] == "string"

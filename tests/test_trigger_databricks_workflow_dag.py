@@ -1,22 +1,28 @@
 """The consumer DAG drives the real DatabricksRunNowOperator against the local stand-in.
 
-``dag.test()`` runs the task in-process and its trigger inline (Airflow 3.0.2). It creates a
+``dag.test()`` runs the tasks in-process and the trigger inline (Airflow 3.0.2). It creates a
 manual run; a scheduler would attach the asset events that triggered the run, so the test
-attaches real ``AssetEvent`` rows (registered through Airflow's AssetManager) to that run.
+attaches real ``AssetEvent`` rows (registered through Airflow's AssetManager) to that run. The
+objects the events announce are written to moto's S3 server, which the stand-in reads too.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import re
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 from local.sample_dump import write_site
 from tests.databricks_fixtures import StandIn
+from tests.moto_s3 import s3_client
 
 DAGS = Path(__file__).resolve().parents[1] / "dags"
 SITE = "conlang.example"
@@ -43,16 +49,45 @@ def databricks_conn(databricks_standin: StandIn, monkeypatch: pytest.MonkeyPatch
     return databricks_standin
 
 
-def _extra(path: Path, site: str = SITE) -> dict[str, object]:
-    return {
-        "site": site,
-        "uri": str(path),
-        "bytes": path.stat().st_size,
-        "rows": 0,
-        "sha256": "0" * 64,
-        "source_url": "file:///dump.7z",
-        "source_version": "test",
-    }
+def _put(s3, uri: str, body: bytes) -> dict[str, str]:
+    """Write ``body`` at ``uri``; the object's ETag (unquoted) and VersionId, as announced."""
+    location = urlsplit(uri)
+    response = s3.put_object(Bucket=location.netloc, Key=location.path.lstrip("/"), Body=body)
+    return {"etag": response["ETag"].strip('"'), "version_id": response.get("VersionId")}
+
+
+@pytest.fixture
+def publish(aws_conn: str) -> Callable[..., dict[str, object]]:
+    """``publish(asset, body)``: write the object at the asset's URI, return its event's extra."""
+    from stackexchange.assets import BUCKET
+
+    s3 = s3_client(aws_conn)
+    s3.create_bucket(Bucket=BUCKET)  # idempotent in us-east-1: other tests may have made it
+
+    def publish(asset, body: bytes, site: str = SITE) -> dict[str, object]:
+        return {
+            "uri": asset.uri,
+            "site": site,
+            "bytes": len(body),
+            "rows": body.count(b"<row "),
+            "sha256": hashlib.sha256(body).hexdigest(),
+            **_put(s3, asset.uri, body),
+            "source_url": "file:///dump.7z",
+            "source_version": "test",
+            "ingest_id": uuid.uuid4().hex,
+        }
+
+    return publish
+
+
+@pytest.fixture
+def published(publish, dump: dict[str, Path]) -> tuple[dict, dict]:
+    """The generated dump published as the producer does: the two events' extras."""
+    from stackexchange.assets import RAW_POSTS, RAW_USERS
+
+    return publish(RAW_POSTS, dump["posts"].read_bytes()), publish(
+        RAW_USERS, dump["users"].read_bytes()
+    )
 
 
 @pytest.fixture
@@ -98,7 +133,8 @@ def run_on_events(airflow_db, monkeypatch: pytest.MonkeyPatch) -> Iterator:
 
 
 def _dag(**operator_kwargs):
-    """The DAG file's DAG (fast polling, no retries), or one whose operator has other arguments."""
+    """The DAG file's DAG (fast polling, no retries), or just its operator with other arguments
+    (no check of the objects before the job run)."""
     from airflow.models.dagbag import DagBag
     from airflow.sdk import DAG
 
@@ -107,8 +143,9 @@ def _dag(**operator_kwargs):
     bag = DagBag(str(DAGS / "trigger_databricks_workflow_dag.py"), bundle_path=DAGS)
     dag = bag.dags["trigger_databricks_workflow_dag"]
     if not operator_kwargs:
-        task = dag.get_task("run_medallion_job")
-        task.polling_period_seconds, task.retries = 1, 0
+        for task in dag.tasks:
+            task.retries = 0
+        dag.get_task("run_medallion_job").polling_period_seconds = 1
         return dag
     with DAG(dag_id=f"test_consumer_{abs(hash(frozenset(operator_kwargs.items())))}",
              schedule=dag.timetable.asset_condition) as variant:  # fmt: skip
@@ -128,81 +165,135 @@ def _log(capfd: pytest.CaptureFixture[str]) -> str:
     return " ".join(re.sub(r"\x1b\[[0-9;]*m", "", capfd.readouterr().out).split())
 
 
-def _task_state(dag_run) -> str:
-    (ti,) = dag_run.get_task_instances()
-    return ti.state
+def _states(dag_run) -> dict[str, str]:
+    return {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
 
 
 def test_deferrable_run_processes_the_published_data(
-    databricks_conn: StandIn, dump: dict[str, Path], run_on_events, capfd
+    databricks_conn: StandIn, published: tuple[dict, dict], run_on_events, capfd
 ) -> None:
     from local.databricks_standin import read_table
+    from stackexchange.assets import RAW_POSTS
 
-    dag_run = run_on_events(_dag(), _extra(dump["posts"]), _extra(dump["users"]))
+    posts, users = published
+    dag_run = run_on_events(_dag(), posts, users)
     out = _log(capfd)
-    assert _task_state(dag_run) == "success", out[-3000:]
+    assert _states(dag_run) == {
+        "check_announced_objects": "success",
+        "run_medallion_job": "success",
+    }, out[-3000:]
     assert "running trigger in line" in out  # the wait happened in the trigger
     assert f"{databricks_conn.url}/runs/" in out
 
     bronze = read_table(databricks_conn.warehouse, "bronze_posts").to_pylist()
-    assert {row["_source_uri"] for row in bronze} == {str(dump["posts"])}
+    lineage = {(r["_source_uri"], r["_source_etag"], r["_source_sha256"]) for r in bronze}
+    assert lineage == {(RAW_POSTS.uri, posts["etag"], posts["sha256"])}
     assert {row["_site"] for row in bronze} == {SITE}
     tags = read_table(databricks_conn.warehouse, "gold_most_popular_tags").to_pylist()
     assert [row["Rank"] for row in tags] == list(range(1, len(tags) + 1))
 
 
-def test_failed_notebook_fails_the_task_with_url_and_message(
-    databricks_conn: StandIn, dump: dict[str, Path], run_on_events, capfd
+def test_a_superseded_object_skips_the_run_before_databricks(
+    databricks_conn: StandIn, publish, dump: dict[str, Path], run_on_events, capfd
 ) -> None:
-    missing = dump["posts"].parent / "Missing.xml"
-    posts_extra = {**_extra(dump["posts"]), "uri": str(missing)}
-    dag_run = run_on_events(_dag(), posts_extra, _extra(dump["users"]))
+    from stackexchange.assets import RAW_POSTS, RAW_USERS
+
+    posts = publish(RAW_POSTS, dump["posts"].read_bytes())
+    users = publish(RAW_USERS, dump["users"].read_bytes())
+    newer = publish(RAW_USERS, dump["users"].read_bytes() + b"\n")  # a newer ingest's object
+    dag_run = run_on_events(_dag(), posts, users)
     out = _log(capfd)
-    assert _task_state(dag_run) == "failed"
+    assert _states(dag_run) == {
+        "check_announced_objects": "skipped",
+        "run_medallion_job": "skipped",
+    }
+    assert (
+        f"{RAW_USERS.uri} was superseded by a newer ingest (announced ETag {users['etag']}, "
+        f"now {newer['etag']}); that ingest's own asset events trigger a run"
+    ) in out
+    assert "Run submitted" not in out
+
+
+def test_an_event_naming_a_foreign_object_fails_before_databricks(
+    databricks_conn: StandIn, published: tuple[dict, dict], run_on_events, capfd
+) -> None:
+    posts, users = published
+    foreign = {**posts, "uri": "s3://another-teams-bucket/raw/stackexchange/Posts.xml"}
+    dag_run = run_on_events(_dag(), foreign, users)
+    out = _log(capfd)
+    assert _states(dag_run)["check_announced_objects"] == "failed"
+    assert "announces 's3://another-teams-bucket/raw/stackexchange/Posts.xml'" in out
+    assert "Run submitted" not in out
+
+
+def test_bronze_refuses_an_object_replaced_after_the_dag_checked_it(
+    databricks_conn: StandIn, publish, dump: dict[str, Path], run_on_events, capfd
+) -> None:
+    """The operator alone (no check before): bronze's own check catches the newer object."""
+    from stackexchange.assets import RAW_POSTS, RAW_USERS
+
+    posts = publish(RAW_POSTS, dump["posts"].read_bytes())
+    users = publish(RAW_USERS, dump["users"].read_bytes())
+    newer = publish(RAW_POSTS, dump["posts"].read_bytes() + b"\n")
+    dag = _dag(job_name="stackexchange_medallion", deferrable=False)
+    dag_run = run_on_events(dag, posts, users)
+    out = _log(capfd)
+    assert _states(dag_run) == {"run_medallion_job": "failed"}
+    assert "'task_key': 'bronze_posts'" in out
+    assert (
+        f"{RAW_POSTS.uri} was superseded by a newer ingest (announced ETag {posts['etag']}, "
+        f"now ETag {newer['etag']}); its own asset events trigger a run"
+    ) in out
+
+
+def test_failed_notebook_fails_the_task_with_url_and_message(
+    databricks_conn: StandIn, publish, dump: dict[str, Path], run_on_events, capfd
+) -> None:
+    from stackexchange.assets import RAW_POSTS, RAW_USERS
+
+    malformed = b'<posts>\r\n  <row Id="not-a-number" />\r\n</posts>'
+    dag_run = run_on_events(
+        _dag(), publish(RAW_POSTS, malformed), publish(RAW_USERS, dump["users"].read_bytes())
+    )
+    out = _log(capfd)
+    assert _states(dag_run)["run_medallion_job"] == "failed"
     assert "Task bronze_posts failed with message" in out
-    assert "Missing.xml" in out  # the failing task's own error, from runs/get-output
+    assert "FAILED_READ_FILE" in out  # the failing task's own error, from runs/get-output
     assert f"{databricks_conn.url}/runs/" in out
 
 
-def test_not_deferrable_failure_names_the_task(
-    databricks_conn: StandIn, dump: dict[str, Path], run_on_events, capfd
-) -> None:
-    dag = _dag(job_name="stackexchange_medallion", deferrable=False)
-    users_extra = {**_extra(dump["users"]), "uri": str(dump["users"].parent / "Nope.xml")}
-    dag_run = run_on_events(dag, _extra(dump["posts"]), users_extra)
-    out = _log(capfd)
-    assert _task_state(dag_run) == "failed"
-    assert "'task_key': 'bronze_users'" in out and "Nope.xml" in out
-
-
 def test_not_deferrable_run_succeeds(
-    databricks_conn: StandIn, dump: dict[str, Path], run_on_events, capfd
+    databricks_conn: StandIn, published: tuple[dict, dict], run_on_events, capfd
 ) -> None:
     dag = _dag(job_name="stackexchange_medallion", deferrable=False)
-    dag_run = run_on_events(dag, _extra(dump["posts"]), _extra(dump["users"]))
+    dag_run = run_on_events(dag, *published)
     out = _log(capfd)
-    assert _task_state(dag_run) == "success", out[-3000:]
+    assert _states(dag_run) == {"run_medallion_job": "success"}, out[-3000:]
     assert "run_medallion_job completed successfully" in out
     assert "running trigger in line" not in out
 
 
 @pytest.mark.parametrize("deferrable", [True, False])
 def test_unknown_job_name_is_a_clear_error(
-    databricks_conn: StandIn, dump: dict[str, Path], run_on_events, capfd, deferrable: bool
+    databricks_conn: StandIn, published: tuple[dict, dict], run_on_events, capfd, deferrable: bool
 ) -> None:
     dag = _dag(job_name="no_such_job", deferrable=deferrable)
-    dag_run = run_on_events(dag, _extra(dump["posts"]), _extra(dump["users"]))
-    assert _task_state(dag_run) == "failed"
+    dag_run = run_on_events(dag, *published)
+    assert _states(dag_run) == {"run_medallion_job": "failed"}
     assert "Job ID for job name no_such_job can not be found" in _log(capfd)
 
 
 def test_events_from_different_sites_fail_before_any_job_run(
-    databricks_conn: StandIn, dump: dict[str, Path], run_on_events, capfd
+    databricks_conn: StandIn, publish, dump: dict[str, Path], run_on_events, capfd
 ) -> None:
+    from stackexchange.assets import RAW_POSTS, RAW_USERS
+
     dag = _dag(job_name="stackexchange_medallion", deferrable=False)
-    dag_run = run_on_events(dag, _extra(dump["posts"]), _extra(dump["users"], site="other"))
+    posts = publish(RAW_POSTS, dump["posts"].read_bytes())
+    users = publish(RAW_USERS, dump["users"].read_bytes(), site="other")
+    dag_run = run_on_events(dag, posts, users)
     out = _log(capfd)
-    assert _task_state(dag_run) == "failed"
+    assert _states(dag_run) == {"run_medallion_job": "failed"}
     assert "from different sites" in out
     assert "Run submitted" not in out
 
@@ -224,6 +315,10 @@ def _events(*events: tuple) -> object:
     )
 
 
+def _extra(asset, **values: object) -> dict[str, object]:
+    return {"site": "s", "uri": asset.uri, "sha256": "x", **values}
+
+
 def test_job_parameters_come_from_the_newest_event_of_each_asset() -> None:
     from datetime import UTC, datetime
 
@@ -231,19 +326,57 @@ def test_job_parameters_come_from_the_newest_event_of_each_asset() -> None:
     from stackexchange.databricks_job import job_parameters
 
     old, new = datetime(2025, 1, 1, tzinfo=UTC), datetime(2025, 2, 1, tzinfo=UTC)
-    posts_new = {"site": "s", "uri": "s3://b/new/Posts.xml", "sha256": "p2"}
     events = _events(
-        (RAW_POSTS, posts_new, new),
-        (RAW_POSTS, {"site": "s", "uri": "s3://b/old/Posts.xml", "sha256": "p1"}, old),
-        (RAW_USERS, {"site": "s", "uri": "s3://b/Users.xml", "sha256": "u1"}, old),
+        (RAW_POSTS, _extra(RAW_POSTS, sha256="p2", etag="e2-3", version_id="v2"), new),
+        (RAW_POSTS, _extra(RAW_POSTS, sha256="p1", etag="e1", version_id="v1"), old),
+        (RAW_USERS, _extra(RAW_USERS, sha256="u1", etag="eu", version_id=None), old),
     )
     assert job_parameters(events) == {
-        "posts_uri": "s3://b/new/Posts.xml",
-        "users_uri": "s3://b/Users.xml",
+        "posts_uri": RAW_POSTS.uri,
+        "users_uri": RAW_USERS.uri,
         "site": "s",
         "posts_sha256": "p2",
         "users_sha256": "u1",
+        "posts_etag": "e2-3",
+        "users_etag": "eu",
+        "posts_version_id": "v2",
+        "users_version_id": "",
     }
+
+
+def test_events_of_an_older_producer_fall_back_to_sha256_only() -> None:
+    from datetime import UTC, datetime
+
+    from stackexchange.assets import RAW_POSTS, RAW_USERS
+    from stackexchange.databricks_job import job_parameters
+
+    now = datetime.now(UTC)
+    parameters = job_parameters(
+        _events((RAW_POSTS, _extra(RAW_POSTS), now), (RAW_USERS, _extra(RAW_USERS), now))
+    )
+    assert {name: parameters[name] for name in ("posts_sha256", "posts_etag", "users_etag")} == {
+        "posts_sha256": "x",
+        "posts_etag": "",
+        "users_etag": "",
+    }
+
+
+def test_an_event_announcing_another_object_is_refused() -> None:
+    from datetime import UTC, datetime
+
+    from airflow.exceptions import AirflowFailException
+
+    from stackexchange.assets import RAW_POSTS, RAW_USERS
+    from stackexchange.databricks_job import job_parameters
+
+    now = datetime.now(UTC)
+    forged = _extra(RAW_USERS, uri="s3://another-teams-bucket/Users.xml")
+    with pytest.raises(AirflowFailException) as raised:
+        job_parameters(_events((RAW_POSTS, _extra(RAW_POSTS), now), (RAW_USERS, forged, now)))
+    message = str(raised.value)
+    assert "Asset event of stackexchange_raw_users announces" in message
+    assert "'s3://another-teams-bucket/Users.xml'" in message
+    assert f"the asset is {RAW_USERS.uri!r}" in message
 
 
 def test_job_parameters_name_what_is_missing() -> None:
@@ -256,10 +389,103 @@ def test_job_parameters_name_what_is_missing() -> None:
 
     now = datetime.now(UTC)
     with pytest.raises(AirflowFailException, match="No triggering event for asset .*users"):
-        job_parameters(_events((RAW_POSTS, {"site": "s", "uri": "u", "sha256": "x"}, now)))
-    lacking = _events((RAW_POSTS, {"site": "s", "uri": "u"}, now), (RAW_USERS, {}, now))
+        job_parameters(_events((RAW_POSTS, _extra(RAW_POSTS), now)))
+    lacking = _events((RAW_POSTS, {"site": "s", "uri": RAW_POSTS.uri}, now), (RAW_USERS, {}, now))
     with pytest.raises(AirflowFailException, match=r"lacks \['sha256'\]"):
         job_parameters(lacking)
+
+
+@pytest.fixture
+def objects_bucket(aws_conn: str) -> tuple[object, str]:
+    """A fresh bucket on moto, reached by the DAG through `aws_conn`, and a client for it."""
+    s3 = s3_client(aws_conn)
+    bucket = f"consumer-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=bucket)
+    return s3, bucket
+
+
+def _parameters(posts: dict, users: dict, bucket: str) -> dict[str, str]:
+    return {
+        "posts_uri": f"s3://{bucket}/raw/Posts.xml",
+        "users_uri": f"s3://{bucket}/raw/Users.xml",
+        "posts_etag": posts["etag"],
+        "users_etag": users["etag"],
+        "posts_version_id": posts["version_id"] or "",
+        "users_version_id": users["version_id"] or "",
+    }
+
+
+def test_objects_still_holding_the_announced_data_pass(objects_bucket, caplog) -> None:
+    from stackexchange.databricks_job import ensure_still_published
+
+    s3, bucket = objects_bucket
+    posts = _put(s3, f"s3://{bucket}/raw/Posts.xml", b"<posts/>")
+    users = _put(s3, f"s3://{bucket}/raw/Users.xml", b"<users/>")
+    with caplog.at_level(logging.INFO, logger="stackexchange.databricks_job"):
+        ensure_still_published(_parameters(posts, users, bucket), "aws_conn")
+    assert f"s3://{bucket}/raw/Users.xml still holds the announced object" in caplog.text
+
+
+def test_a_replaced_object_skips_with_both_etags(objects_bucket) -> None:
+    from airflow.exceptions import AirflowSkipException
+
+    from stackexchange.databricks_job import ensure_still_published
+
+    s3, bucket = objects_bucket
+    posts = _put(s3, f"s3://{bucket}/raw/Posts.xml", b"<posts/>")
+    users = _put(s3, f"s3://{bucket}/raw/Users.xml", b"<users/>")
+    newer = _put(s3, f"s3://{bucket}/raw/Posts.xml", b"<posts>newer</posts>")
+    with pytest.raises(AirflowSkipException) as raised:
+        ensure_still_published(_parameters(posts, users, bucket), "aws_conn")
+    assert str(raised.value) == (
+        f"s3://{bucket}/raw/Posts.xml was superseded by a newer ingest (announced ETag "
+        f"{posts['etag']}, now {newer['etag']}); that ingest's own asset events trigger a run"
+    )
+
+
+def test_a_new_version_with_the_same_bytes_skips_too(objects_bucket) -> None:
+    from airflow.exceptions import AirflowSkipException
+
+    from stackexchange.databricks_job import ensure_still_published
+
+    s3, bucket = objects_bucket
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    posts = _put(s3, f"s3://{bucket}/raw/Posts.xml", b"<posts/>")
+    users = _put(s3, f"s3://{bucket}/raw/Users.xml", b"<users/>")
+    again = _put(s3, f"s3://{bucket}/raw/Users.xml", b"<users/>")
+    assert again["etag"] == users["etag"]
+    with pytest.raises(
+        AirflowSkipException, match=f"now {users['etag']}, version {again['version_id']}"
+    ):
+        ensure_still_published(_parameters(posts, users, bucket), "aws_conn")
+
+
+def test_a_deleted_object_fails_and_sha256_only_events_are_not_checked(
+    objects_bucket, caplog
+) -> None:
+    from airflow.exceptions import AirflowFailException
+
+    from stackexchange.databricks_job import ensure_still_published
+
+    s3, bucket = objects_bucket
+    posts = _put(s3, f"s3://{bucket}/raw/Posts.xml", b"<posts/>")
+    gone = {"etag": "0" * 32, "version_id": None}  # Users.xml was never written
+    with pytest.raises(AirflowFailException, match=r"Users\.xml no longer exists"):
+        ensure_still_published(_parameters(posts, gone, bucket), "aws_conn")
+
+    legacy = {"etag": "", "version_id": None}
+    ensure_still_published(_parameters(posts, legacy, bucket), "aws_conn")
+    assert "has no etag (older producer)" in caplog.text
+
+
+def test_a_missing_aws_conn_fails_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow.exceptions import AirflowFailException
+
+    from stackexchange.databricks_job import ensure_still_published
+
+    monkeypatch.delenv("AIRFLOW_CONN_AWS_CONN", raising=False)
+    with pytest.raises(AirflowFailException, match="connection 'aws_conn' is not defined"):
+        ensure_still_published({}, "aws_conn")
 
 
 def test_job_id_from_the_environment_replaces_the_name(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,21 +4,34 @@ The job is defined in the bundle (``notebooks/resources/stackexchange_medallion.
 ``JOB_NAME`` repeats its name because the DAGs folder is all an Airflow image ships
 (``tests/test_job_definition.py`` checks the two agree). ``DATABRICKS_JOB_ID`` overrides the
 name lookup with an explicit job id.
+
+The job processes exactly what the asset events announced: each object's URI, ETag and
+VersionId (and sha256) go to the job, which checks them again before and after reading.
+Events without ``etag`` (from a producer older than this contract) carry sha256 only; they are
+processed with that identity, which nothing can check cheaply (the objects no longer carry it).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
-from airflow.exceptions import AirflowFailException
+from airflow.exceptions import AirflowFailException, AirflowSkipException
 from airflow.sdk import Asset
 
 from stackexchange.assets import RAW_POSTS, RAW_USERS
 
+log = logging.getLogger(__name__)
+
 CONN_ID = "databricks_conn"
 JOB_NAME = "stackexchange_medallion"
+# What the job needs from each event's extra; `etag` and `version_id` are optional (see above).
+REQUIRED_EXTRA = ("uri", "site", "sha256")
+# Job parameter prefix per asset: posts_uri, users_etag, ...
+PREFIXES = ((RAW_POSTS, "posts"), (RAW_USERS, "users"))
 
 
 def job_lookup() -> dict[str, str]:
@@ -31,7 +44,8 @@ def job_lookup() -> dict[str, str]:
     return {"job_id": job_id}
 
 
-def _latest_extra(events: Mapping[Asset, Sequence[Any]], asset: Asset) -> dict[str, Any]:
+def _announced(events: Mapping[Asset, Sequence[Any]], asset: Asset) -> dict[str, Any]:
+    """The newest event's extra, refused unless it is complete and names the asset's own URI."""
     try:
         asset_events = events[asset]
     except KeyError:
@@ -42,27 +56,84 @@ def _latest_extra(events: Mapping[Asset, Sequence[Any]], asset: Asset) -> dict[s
             "asset events; trigger produce_data_asset instead of running this DAG by hand."
         )
     # Several producer runs may have queued up: process the newest data.
-    return dict(max(asset_events, key=lambda event: event.timestamp).extra or {})
+    extra = dict(max(asset_events, key=lambda event: event.timestamp).extra or {})
+    missing = sorted(set(REQUIRED_EXTRA) - extra.keys())
+    if missing:
+        raise AirflowFailException(
+            f"Asset event of {asset.name} lacks {missing} in its extra: {extra}"
+        )
+    if extra["uri"] != asset.uri:
+        raise AirflowFailException(
+            f"Asset event of {asset.name} announces {extra['uri']!r}, but the asset is "
+            f"{asset.uri!r}: refusing to process an object the asset does not name (check the "
+            "producer's STACKEXCHANGE_BUCKET/STACKEXCHANGE_PREFIX match this deployment's)."
+        )
+    return extra
 
 
 def job_parameters(events: Mapping[Asset, Sequence[Any]]) -> dict[str, str]:
-    """The job parameters for the data the triggering asset events announce."""
-    posts, users = _latest_extra(events, RAW_POSTS), _latest_extra(events, RAW_USERS)
-    for asset, extra in ((RAW_POSTS, posts), (RAW_USERS, users)):
-        missing = sorted({"uri", "site", "sha256"} - extra.keys())
-        if missing:
-            raise AirflowFailException(
-                f"Asset event of {asset.name} lacks {missing} in its extra: {extra}"
-            )
+    """The job parameters for the objects the triggering asset events announce.
+
+    ``{posts,users}_etag`` is empty for sha256-only events, ``_version_id`` when the bucket is
+    not versioned.
+    """
+    announced = {prefix: _announced(events, asset) for asset, prefix in PREFIXES}
+    posts, users = announced["posts"], announced["users"]
     if posts["site"] != users["site"]:
         raise AirflowFailException(
             f"Posts ({posts['site']}) and Users ({users['site']}) of the triggering events are "
             "from different sites; re-run produce_data_asset for one site."
         )
-    return {
-        "posts_uri": str(posts["uri"]),
-        "users_uri": str(users["uri"]),
-        "site": str(posts["site"]),
-        "posts_sha256": str(posts["sha256"]),
-        "users_sha256": str(users["sha256"]),
-    }
+    parameters = {"site": str(posts["site"])}
+    for prefix, extra in announced.items():
+        parameters |= {
+            f"{prefix}_uri": str(extra["uri"]),
+            f"{prefix}_sha256": str(extra["sha256"]),
+            f"{prefix}_etag": str(extra.get("etag") or ""),
+            f"{prefix}_version_id": str(extra.get("version_id") or ""),
+        }
+    return parameters
+
+
+def ensure_still_published(parameters: Mapping[str, str], aws_conn_id: str) -> None:
+    """Skip the run when a newer ingest replaced an announced object since its event.
+
+    One ``HEAD`` per object: a mixed pair (one object replaced) is never sent to Databricks;
+    the newer ingest's own events schedule the run that processes it.
+    """
+    from stackexchange.s3 import S3ConfigError, explained, s3_hook
+
+    try:
+        hook = s3_hook(aws_conn_id)
+        for _, prefix in PREFIXES:
+            uri, etag = parameters[f"{prefix}_uri"], parameters[f"{prefix}_etag"]
+            if not etag:
+                log.warning(
+                    "%s: its asset event has no etag (older producer), so whether the object "
+                    "still holds the announced data cannot be checked; processing it by sha256",
+                    uri,
+                )
+                continue
+            location = urlsplit(uri)
+            with explained(aws_conn_id, location.netloc, f"checking {uri}"):
+                head = hook.head_object(key=location.path.lstrip("/"), bucket_name=location.netloc)
+            _ensure_same(uri, etag, parameters[f"{prefix}_version_id"], head)
+    except S3ConfigError as error:
+        raise AirflowFailException(str(error)) from error
+
+
+def _ensure_same(uri: str, etag: str, version_id: str, head: Mapping[str, Any] | None) -> None:
+    if head is None:
+        raise AirflowFailException(
+            f"{uri} no longer exists although its asset event announced it: re-run "
+            "produce_data_asset (with force=true) to publish the pair again."
+        )
+    now_etag, now_version = str(head["ETag"]).strip('"'), str(head.get("VersionId") or "")
+    if now_etag != etag or (version_id and now_version != version_id):
+        announced = f"ETag {etag}" + (f", version {version_id}" if version_id else "")
+        now = now_etag + (f", version {now_version}" if version_id else "")
+        raise AirflowSkipException(
+            f"{uri} was superseded by a newer ingest (announced {announced}, now {now}); "
+            "that ingest's own asset events trigger a run"
+        )
+    log.info("%s still holds the announced object (ETag %s)", uri, etag)

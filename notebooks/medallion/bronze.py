@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
+from medallion import tables
+from medallion.objects import Identity, ensure_announced
 from medallion.schemas import ATTRIBUTE_PREFIX, with_attribute_prefix
 
-METADATA_COLUMNS = ["_site", "_source_uri", "_source_sha256", "_ingested_at"]
+METADATA_COLUMNS = [
+    "_site",
+    "_source_uri",
+    "_source_sha256",
+    "_source_etag",
+    "_source_version_id",
+    "_ingested_at",
+]
 
 
 def read_dump_xml(spark: SparkSession, path: str, schema: StructType) -> DataFrame:
@@ -36,13 +45,54 @@ def drop_attribute_prefix(df: DataFrame) -> DataFrame:
 
 
 def with_ingestion_metadata(
-    df: DataFrame, *, site: str, source_uri: str, source_sha256: str, ingested_at: datetime
+    df: DataFrame,
+    *,
+    site: str,
+    source_uri: str,
+    source_sha256: str,
+    source: Identity,
+    ingested_at: datetime,
 ) -> DataFrame:
-    """Add the lineage columns: site, source URI and checksum, ingestion time (UTC)."""
+    """Add the lineage columns: site, the source object as announced, ingestion time (UTC).
+
+    An empty ETag (sha256-only event) or VersionId (unversioned bucket) is recorded as null.
+    """
     return df.select(
         "*",
         F.lit(site).alias("_site"),
         F.lit(source_uri).alias("_source_uri"),
         F.lit(source_sha256).alias("_source_sha256"),
+        F.lit(source.etag or None).cast("string").alias("_source_etag"),
+        F.lit(source.version_id or None).cast("string").alias("_source_version_id"),
         F.lit(ingested_at).cast("timestamp").alias("_ingested_at"),
     )
+
+
+def ingest(
+    spark: SparkSession,
+    table: tables.Table,
+    *,
+    uri: str,
+    dump_schema: StructType,
+    site: str,
+    sha256: str,
+    announced: Identity,
+) -> None:
+    """Replace ``table`` with the dump file at ``uri``, only if it is the announced object.
+
+    The object is checked right before the read and again right after it (the write is where
+    Spark reads). If a newer ingest replaced it in between, the task fails: nothing downstream
+    runs on what was read, and that ingest's own run replaces the table again.
+    """
+    ensure_announced(spark, uri, announced)
+    raw = read_dump_xml(spark, uri, dump_schema)
+    rows = with_ingestion_metadata(
+        drop_attribute_prefix(raw),
+        site=site,
+        source_uri=uri,
+        source_sha256=sha256,
+        source=announced,
+        ingested_at=datetime.now(UTC),
+    )
+    tables.overwrite(rows, table)
+    ensure_announced(spark, uri, announced)

@@ -1,0 +1,143 @@
+"""The Databricks branch of ``medallion.tables``: its SQL and its merge semantics.
+
+Delta Lake for Spark needs jars from Maven, so the statements the Databricks branch runs are
+checked with Spark's own SQL parser (the plan Databricks would analyse), and the merge spec they
+are built from is applied to a real Delta table with the ``deltalake`` package.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from deltalake import DeltaTable, write_deltalake
+from pyspark.sql import SparkSession
+
+from medallion import tables
+from medallion.silver import HASH_COLUMN, KEY
+
+TABLE = tables.Table("main", "stack`exchange", "silver_posts")  # a backtick must stay quoted
+SPEC = tables.Upsert(KEY, HASH_COLUMN)
+SCHEMA = pa.schema([(KEY, pa.int64()), (HASH_COLUMN, pa.string()), ("Title", pa.string())])
+
+# Post 1 is not in the batch, 2 changed, 3 unchanged (same hash; its Title differs only to show
+# whether the row was rewritten), 4 is new.
+CURRENT = [(1, "h1", "one"), (2, "h2", "two"), (3, "h3", "three")]
+BATCH = [(2, "h2-edited", "two, edited"), (3, "h3", "three, not rewritten"), (4, "h4", "four")]
+EXPECTED = [
+    (1, "h1", "one"),
+    (2, "h2-edited", "two, edited"),
+    (3, "h3", "three"),
+    (4, "h4", "four"),
+]
+
+
+@pytest.fixture(scope="module")
+def parser(spark: SparkSession):
+    """Spark's SQL parser: what the Databricks branch's text means, before any analysis."""
+    return spark._jsparkSession.sessionState().sqlParser()
+
+
+def _parts(identifier) -> list[str]:
+    return list(identifier.mkString("\x00").split("\x00"))
+
+
+def test_merge_statement_upserts_by_key_only_on_change(parser) -> None:
+    plan = parser.parsePlan(tables.merge_sql(TABLE, "batch_1", SPEC))
+
+    assert plan.getClass().getSimpleName() == "MergeIntoTable"
+    target, source = plan.targetTable(), plan.sourceTable()
+    assert (target.alias(), _parts(target.child().multipartIdentifier())) == (
+        tables.TARGET,
+        ["main", "stack`exchange", "silver_posts"],
+    )
+    assert (source.alias(), _parts(source.child().multipartIdentifier())) == (
+        tables.SOURCE,
+        ["batch_1"],
+    )
+    assert plan.mergeCondition().sql() == parser.parseExpression(SPEC.condition).sql()
+    assert plan.mergeCondition().sql() == "(t.PostId = s.PostId)"
+
+    (matched,) = [plan.matchedActions().apply(i) for i in range(plan.matchedActions().size())]
+    assert matched.getClass().getSimpleName() == "UpdateStarAction"
+    assert matched.condition().get().sql() == parser.parseExpression(SPEC.changed).sql()
+    assert matched.condition().get().sql() == "(NOT (t._row_hash = s._row_hash))"
+    (inserted,) = [
+        plan.notMatchedActions().apply(i) for i in range(plan.notMatchedActions().size())
+    ]
+    assert inserted.getClass().getSimpleName() == "InsertStarAction"
+    assert not inserted.condition().isDefined()
+    assert plan.notMatchedBySourceActions().size() == 0  # rows the batch lacks are kept
+
+
+def test_replace_statement_is_one_delta_create_or_replace(parser) -> None:
+    plan = parser.parsePlan(tables.replace_sql(TABLE, "batch_2"))
+
+    assert plan.getClass().getSimpleName() == "ReplaceTableAsSelect"
+    assert _parts(plan.name().nameParts()) == ["main", "stack`exchange", "silver_posts"]
+    assert plan.tableSpec().provider().get().lower() == "delta"
+    assert plan.orCreate()
+    query = plan.query()
+    assert query.getClass().getSimpleName() == "Project"
+    assert query.projectList().mkString() == "*"
+    assert _parts(query.child().multipartIdentifier()) == ["batch_2"]
+
+
+def test_schema_statement_creates_only_if_missing(parser) -> None:
+    plan = parser.parsePlan(tables.create_schema_sql(TABLE))
+
+    assert plan.getClass().getSimpleName() == "CreateNamespace"
+    assert plan.ifNotExists()
+    assert _parts(plan.name().multipartIdentifier()) == ["main", "stack`exchange"]
+
+
+def _arrow(rows: list[tuple]) -> pa.Table:
+    return pa.Table.from_pylist([dict(zip(SCHEMA.names, row, strict=True)) for row in rows], SCHEMA)
+
+
+def _rows(table: pa.Table) -> list[tuple]:
+    return sorted(tuple(row.values()) for row in table.to_pylist())
+
+
+def _merge(path: Path, batch: list[tuple]) -> dict:
+    """The Databricks statement's clauses on a Delta table: UPDATE SET * -> update_all, ..."""
+    return (
+        DeltaTable(path)
+        .merge(
+            _arrow(batch),
+            predicate=SPEC.condition,
+            source_alias=tables.SOURCE,
+            target_alias=tables.TARGET,
+        )
+        .when_matched_update_all(predicate=SPEC.changed)
+        .when_not_matched_insert_all()
+        .execute()
+    )
+
+
+def test_merge_spec_on_a_delta_table_inserts_updates_and_reruns_as_a_no_op(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "silver_posts"
+    write_deltalake(path, _arrow(CURRENT))
+
+    first = _merge(path, BATCH)
+    assert (first["num_target_rows_inserted"], first["num_target_rows_updated"]) == (1, 1)
+    assert _rows(DeltaTable(path).to_pyarrow_table()) == EXPECTED
+
+    again = _merge(path, BATCH)
+    assert (again["num_target_rows_inserted"], again["num_target_rows_updated"]) == (0, 0)
+    assert _rows(DeltaTable(path).to_pyarrow_table()) == EXPECTED
+
+
+def test_local_branch_upserts_exactly_as_the_delta_merge(
+    spark: SparkSession, request: pytest.FixtureRequest
+) -> None:
+    table = tables.Table("main", "t_upsert", request.node.name[:40])
+    frame = f"{KEY} long, {HASH_COLUMN} string, Title string"
+    tables.overwrite(spark.createDataFrame(CURRENT, frame), table)
+
+    for _ in range(2):  # the second run is a no-op
+        tables.upsert(spark.createDataFrame(BATCH, frame), table, key=KEY, hash_column=HASH_COLUMN)
+        assert sorted(tuple(r) for r in tables.read(spark, table).collect()) == EXPECTED
