@@ -156,6 +156,7 @@ def expected_extra(mirror: Mirror, name: str, head: dict, run_id: str) -> dict[s
         "sha256": hashlib.sha256(data).hexdigest(),
         "etag": head["ETag"].strip('"'),
         "version_id": None,
+        "last_modified": head["LastModified"].isoformat(),
         "source_url": f"{mirror.base}/{SITE}.7z",
         "source_version": head["Metadata"]["source-version"],
         "ingest_id": f"{run_id}#1",

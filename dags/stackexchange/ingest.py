@@ -60,6 +60,7 @@ def extra(site: str, ingest_id: str, published: publish.PublishedObject) -> dict
         "sha256": published.sha256,
         "etag": published.etag,
         "version_id": published.version_id,
+        "last_modified": published.last_modified,
         "source_url": published.source_url,
         "source_version": published.source_version,
         "ingest_id": ingest_id,

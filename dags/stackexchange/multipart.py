@@ -115,16 +115,15 @@ class MultipartUpload:
         if self._error is not None:
             raise self._error
 
-    def complete(self) -> tuple[str, str | None]:
-        """Make the object visible; ``(ETag, VersionId or None)`` of the new object."""
+    def complete(self) -> None:
+        """Make the object visible."""
         parts = [{"PartNumber": n, "ETag": self._etags[n]} for n in sorted(self._etags)]
-        answer = self.client.complete_multipart_upload(
+        self.client.complete_multipart_upload(
             Bucket=self.bucket,
             Key=self.key,
             UploadId=self.upload_id,
             MultipartUpload={"Parts": parts},
         )
-        return strip_etag(answer["ETag"]), version_of(answer)
 
     def abort(self) -> None:
         """Throw the upload away (best effort: the next run aborts what is left)."""

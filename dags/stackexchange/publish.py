@@ -69,6 +69,7 @@ class PublishedObject:
     uri: str
     etag: str
     version_id: str | None
+    last_modified: str  # ISO 8601, UTC: what Spark's file metadata shows as modificationTime
     bytes: int
     rows: int
     sha256: str
@@ -239,6 +240,19 @@ def _is_new(client: Any, keys: Keys, name: str, ingest_id: str) -> bool:
     return found is not None and found.get("Metadata", {}).get("ingest-id") == ingest_id
 
 
+def _as_published(client: Any, keys: Keys, draft: PublishedObject) -> PublishedObject:
+    """``draft`` with the identity S3 gave the object now at its key."""
+    found = head(client, keys.bucket, keys.key(draft.name))
+    if found is None:
+        raise FileNotFoundError(f"{keys.uri(draft.name)} vanished while it was published")
+    identity = {
+        "etag": strip_etag(found["ETag"]),
+        "version_id": version_of(found),
+        "last_modified": found["LastModified"].astimezone(UTC).isoformat(),
+    }
+    return PublishedObject(**{**asdict(draft), **identity})
+
+
 def recover(client: Any, keys: Keys) -> None:
     """Finish or undo a commit a dead run left half done; abort its open uploads."""
     abort_stale_uploads(client, keys)
@@ -250,16 +264,9 @@ def recover(client: Any, keys: Keys) -> None:
     new = [name for name in order if _is_new(client, keys, name, ingest_id)]
     if len(new) == len(order):
         manifest = Manifest.from_json(pending["manifest"].encode())
-        objects = {}
-        for name, published in manifest.objects.items():
-            found = head(client, keys.bucket, keys.key(name)) or {}
-            objects[name] = PublishedObject(
-                **{
-                    **asdict(published),
-                    "etag": strip_etag(found["ETag"]),
-                    "version_id": version_of(found),
-                }  # fmt: skip
-            )
+        objects = {
+            name: _as_published(client, keys, draft) for name, draft in manifest.objects.items()
+        }
         committed = Manifest(manifest.site, ingest_id, manifest.published_at, objects)
         _put_json(client, keys.bucket, keys.manifest, committed.to_json())
         log.warning("Committed the pair of ingest %s that a dead run left unrecorded", ingest_id)
@@ -292,21 +299,22 @@ def commit(
     now = datetime.now(UTC).isoformat(timespec="seconds")
     draft = Manifest(site, ingest_id, now, {
         name: PublishedObject(
-            name, keys.uri(name), "", None, s.file.bytes, s.file.rows, s.file.sha256,
+            name, keys.uri(name), "", None, "", s.file.bytes, s.file.rows, s.file.sha256,
             s.source.url, s.source.version, s.upload.part_size,
         )
         for name, s in staged.items()
     })  # fmt: skip
-    first, *rest = order
+    first = order[0]
     if not versioned and before[first] is not None:
         _copy(client, keys.bucket, keys.key(first), keys.backup(first), before[first]["part_size"])
     pending = {"ingest_id": ingest_id, "order": order, "versioned": versioned, "before": before,
                "manifest": draft.to_json().decode()}  # fmt: skip
     _put_json(client, keys.bucket, keys.pending, json.dumps(pending).encode())
-    done: dict[str, tuple[str, str | None]] = {}
+    done: list[str] = []
     try:
         for name in order:
-            done[name] = staged[name].upload.complete()
+            staged[name].upload.complete()
+            done.append(name)
     except (ClientError, BotoCoreError):
         for name in done:
             _restore(client, keys, name, pending)
@@ -315,12 +323,7 @@ def commit(
                 staged[name].upload.abort()
         _delete(client, keys.bucket, keys.backup(first), keys.pending)
         raise
-    objects = {
-        name: PublishedObject(
-            **{**asdict(draft.objects[name]), "etag": etag, "version_id": version}
-        )  # fmt: skip
-        for name, (etag, version) in done.items()
-    }
+    objects = {name: _as_published(client, keys, draft.objects[name]) for name in order}
     manifest = Manifest(site, ingest_id, now, objects)
     _put_json(client, keys.bucket, keys.manifest, manifest.to_json())
     _delete(client, keys.bucket, keys.backup(first), keys.pending)
