@@ -1,174 +1,268 @@
-"""Probe, checksum lookup and download against a real local HTTP server with injected faults."""
+"""Finding a site's archives: layout, checksums, versions and retries, against a real local HTTP
+server (``tests.http_fixtures.DumpServer``) with injected faults, and ``file://`` sources."""
 
 from __future__ import annotations
 
+import email.utils
 import hashlib
 import logging
 import os
 from pathlib import Path
 
 import pytest
+import requests
 
-from stackexchange import source
+from stackexchange import source, url_policy
 from stackexchange.settings import DownloadPolicy
 from tests.http_fixtures import DumpServer, Faults
 
 POLICY = DownloadPolicy(attempts=4, backoff_seconds=0.0, progress_seconds=0.0, chunk_bytes=4096)
-NAME = "demo.stackexchange.com.7z"
+SITE = "demo.stackexchange.com"
+SINGLE = f"{SITE}.7z"
+SPLIT = [f"{SITE}-Posts.7z", f"{SITE}-Users.7z"]
+LIST = "mirror_files.xml"  # archive.org's name for the list of item "mirror"
+
+
+@pytest.fixture(autouse=True)
+def local_source(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let the producer reach the test server on 127.0.0.1; no overrides from the environment."""
+    monkeypatch.setenv(url_policy.ALLOWED_HOSTS_ENV, "127.0.0.1,localhost")
+    monkeypatch.delenv("STACKEXCHANGE_CHECKSUMS_URL", raising=False)
+    monkeypatch.delenv(url_policy.FILE_ROOT_ENV, raising=False)
 
 
 @pytest.fixture
-def payload(tmp_path: Path) -> Path:
-    """A 'dump' of 300 KB of varied bytes (the download does not care what is inside)."""
-    root = tmp_path / "mirror"
-    root.mkdir()
-    path = root / NAME
-    path.write_bytes(os.urandom(300_000))
-    return path
+def mirror(tmp_path: Path) -> Path:
+    """The directory the server publishes as ``/mirror`` (the item); empty to start with."""
+    directory = tmp_path / "mirror"
+    directory.mkdir()
+    return directory
 
 
-def files_xml(entries: dict[str, str]) -> str:
+def publish(mirror: Path, *names: str, size: int = 20_000) -> dict[str, bytes]:
+    """Archives of random bytes (what they hold does not matter here); name -> content."""
+    contents = {}
+    for name in names:
+        contents[name] = os.urandom(size)
+        (mirror / name).write_bytes(contents[name])
+    return contents
+
+
+def file_list(entries: dict[str, dict[str, str]]) -> str:
+    """An archive.org ``*_files.xml``: per file its fields, in archive.org's order (md5 first)."""
     files = "".join(
-        f'<file name="{name}" source="original"><size>1</size><sha1>{sha1}</sha1></file>'
-        for name, sha1 in entries.items()
+        f'<file name="{name}" source="original"><mtime>1700000000</mtime><size>1</size>'
+        + "".join(f"<{field}>{value}</{field}>" for field, value in fields.items())
+        + "</file>"
+        for name, fields in entries.items()
     )
-    return f'<?xml version="1.0" encoding="UTF-8"?><files>{files}</files>'
+    return f'<?xml version="1.0" encoding="UTF-8"?>\n<files>{files}</files>'
 
 
-def test_archive_url_checks_site_and_scheme() -> None:
-    assert source.archive_url("https://x.org/dl/", "ai.meta.stackexchange.com") == (
-        "https://x.org/dl/ai.meta.stackexchange.com.7z"
+def digests(data: bytes) -> dict[str, str]:
+    return {
+        "md5": hashlib.md5(data).hexdigest(),
+        "crc32": "0badc0de",
+        "sha1": hashlib.sha1(data).hexdigest(),
+    }
+
+
+def calls(server: DumpServer) -> list[tuple[str, str]]:
+    return [(r.method, r.path) for r in server.requests]
+
+
+def test_single_layout_found_via_the_file_list(mirror: Path) -> None:
+    contents = publish(mirror, SINGLE)
+    (mirror / LIST).write_text(file_list({SINGLE: digests(contents[SINGLE])}))
+    with DumpServer(mirror.parent) as server:
+        found = source.resolve(SITE, f"{server.url}/mirror/", POLICY)
+        assert calls(server) == [("GET", f"/mirror/{LIST}"), ("HEAD", f"/mirror/{SINGLE}")]
+        url = f"{server.url}/mirror/{SINGLE}"
+    assert found.layout == "single"
+    archive = found.archives["Posts.xml"]
+    assert found.archives == {"Posts.xml": archive, "Users.xml": archive}
+    assert (archive.url, archive.name, archive.size) == (url, SINGLE, len(contents[SINGLE]))
+    assert found.unique_archives() == [(archive, ["Posts.xml", "Users.xml"])]
+
+
+def test_split_layout_found_via_the_file_list(mirror: Path) -> None:
+    contents = publish(mirror, *SPLIT)
+    (mirror / LIST).write_text(file_list({name: digests(contents[name]) for name in SPLIT}))
+    with DumpServer(mirror.parent) as server:
+        found = source.resolve(SITE, f"{server.url}/mirror", POLICY)
+        # The list names the split archives, so the single one is never probed.
+        assert calls(server) == [("GET", f"/mirror/{LIST}")] + [
+            ("HEAD", f"/mirror/{name}") for name in SPLIT
+        ]
+    assert found.layout == "split"
+    assert {member: a.name for member, a in found.archives.items()} == {
+        "Posts.xml": SPLIT[0],
+        "Users.xml": SPLIT[1],
+    }
+    assert [members for _, members in found.unique_archives()] == [["Posts.xml"], ["Users.xml"]]
+    assert all(a.size == len(contents[a.name]) for a in found.archives.values())
+
+
+def test_split_layout_found_by_probing_without_a_file_list(mirror: Path) -> None:
+    publish(mirror, *SPLIT)
+    with DumpServer(mirror.parent) as server:
+        found = source.resolve(SITE, f"{server.url}/mirror", POLICY)
+        assert calls(server) == [
+            ("GET", f"/mirror/{LIST}"),  # 404: no list, probe instead
+            ("HEAD", f"/mirror/{SINGLE}"),  # 404: not the single layout
+            ("HEAD", f"/mirror/{SPLIT[0]}"),
+            ("HEAD", f"/mirror/{SPLIT[1]}"),
+        ]
+    assert found.layout == "split"
+    assert all(a.checksum is None for a in found.archives.values())
+
+
+def test_neither_layout_names_every_url_tried(mirror: Path) -> None:
+    publish(mirror, SPLIT[0])  # Posts alone is not a dump
+    with DumpServer(mirror.parent) as server, pytest.raises(source.SourceNotFound) as err:
+        source.resolve(SITE, f"{server.url}/mirror", POLICY)
+    message = str(err.value)
+    for name in (SINGLE, *SPLIT):
+        assert f"{server.url}/mirror/{name}" in message
+    assert "`site` param" in message and "`source_base_url`" in message
+
+
+def test_checksum_from_the_list_prefers_sha1_then_md5(mirror: Path) -> None:
+    contents = publish(mirror, *SPLIT)
+    posts, users = (digests(contents[name]) for name in SPLIT)
+    del users["sha1"]
+    (mirror / LIST).write_text(
+        file_list({SPLIT[0]: posts, SPLIT[1]: users, SINGLE: {"md5": "0" * 32}})
     )
-    with pytest.raises(ValueError, match="not a Stack Exchange site name"):
-        source.archive_url("https://x.org", "../etc/passwd")
-    with pytest.raises(ValueError, match="must start with https://"):
-        source.archive_url("ftp://x.org", "ai.stackexchange.com")
+    with DumpServer(mirror.parent) as server:
+        found = source.resolve(SITE, f"{server.url}/mirror", POLICY)
+    assert found.archives["Posts.xml"].checksum == source.Checksum("sha1", posts["sha1"])
+    assert found.archives["Users.xml"].checksum == source.Checksum("md5", users["md5"])
 
 
-def test_probe_follows_redirect_and_reads_version(payload: Path) -> None:
-    with DumpServer(payload.parent.parent, Faults(redirect=True)) as server:
-        info = source.probe(f"{server.url}/mirror/{NAME}", POLICY)
-        assert [r.path for r in server.requests] == [f"/mirror/{NAME}", f"/storage/mirror/{NAME}"]
-    assert info.size == 300_000
-    assert info.etag and info.etag.startswith('"')
-    assert info.version == f"etag:{info.etag}"
-    assert info.last_modified and info.last_modified.endswith("GMT")
+def test_list_entry_without_a_valid_checksum_gives_none() -> None:
+    listed = source.parse_file_list(
+        file_list({"a.7z": {"sha1": "not-hex", "md5": "A" * 32}, "b.7z": {"size": "3"}}).encode()
+    )
+    assert listed == {"a.7z": source.Checksum("md5", "a" * 32), "b.7z": None}
 
 
-def test_probe_unknown_site_names_the_param(payload: Path) -> None:
-    with DumpServer(payload.parent.parent) as server, pytest.raises(source.SourceNotFound) as err:
-        source.probe(f"{server.url}/mirror/nosuch.stackexchange.com.7z", POLICY)
-    assert "404" in str(err.value) and "`site` param" in str(err.value)
-
-
-def test_probe_retries_5xx_then_succeeds(payload: Path) -> None:
-    with DumpServer(payload.parent.parent, Faults(fail_times=2)) as server:
-        info = source.probe(f"{server.url}/mirror/{NAME}", POLICY)
-        assert len(server.requests) == 3
-    assert info.size == 300_000
-
-
-def test_persistent_5xx_gives_up_with_advice(payload: Path, tmp_path: Path) -> None:
-    with DumpServer(payload.parent.parent, Faults(fail_times=100)) as server:
-        with pytest.raises(source.SourceError, match="failed 4 times.*HTTP 503.*mirror"):
-            source.download(f"{server.url}/mirror/{NAME}", tmp_path / "a.7z", POLICY)
-        assert len(server.requests) == 4
-
-
-def test_download_resumes_with_range_after_a_dropped_connection(
-    payload: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (
+            '<?xml version="1.0"?><!DOCTYPE files [<!ENTITY e "x">]>'
+            f'<files><file name="{SINGLE}"><sha1>{"0" * 40}</sha1></file></files>',
+            "DOCTYPE",
+        ),
+        ("<html><body>Item not available", "no element found|unclosed token"),
+    ],
+    ids=["doctype", "not-xml"],
+)
+def test_unusable_list_is_logged_and_probing_continues(
+    mirror: Path, caplog: pytest.LogCaptureFixture, body: str, reason: str
 ) -> None:
-    dest = tmp_path / "a.7z"
+    publish(mirror, SINGLE)
+    (mirror / LIST).write_text(body)
     caplog.set_level(logging.INFO, logger="stackexchange.source")
-    with DumpServer(payload.parent.parent, Faults(drop_times=2, drop_after=100_000)) as server:
-        info = source.download(f"{server.url}/mirror/{NAME}", dest, POLICY)
-        gets = server.gets(NAME)
-    assert dest.read_bytes() == payload.read_bytes()
-    assert info.size == 300_000
-    assert "Range" not in gets[0].headers
-    # Each resume starts where the bytes received so far end (at most where the server cut).
-    starts = [int(g.headers["Range"].removeprefix("bytes=").rstrip("-")) for g in gets[1:]]
-    assert len(starts) == 2
-    assert 0 < starts[0] <= 100_000 < starts[1] <= starts[0] + 100_000
-    assert all(g.headers.get("If-Range") == info.etag for g in gets[1:])
-    assert "Resuming" in caplog.text and "MB/s" in caplog.text and "%" in caplog.text
+    with DumpServer(mirror.parent) as server:
+        found = source.resolve(SITE, f"{server.url}/mirror", POLICY)
+    assert found.layout == "single" and found.archives["Posts.xml"].checksum is None
+    [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert f"Cannot read the file list {server.url}/mirror/{LIST}" in warning.getMessage()
+    assert "probing instead" in warning.getMessage()
+    assert any(part in warning.getMessage() for part in reason.split("|"))
 
 
-def test_download_starts_over_when_the_server_ignores_range(payload: Path, tmp_path: Path) -> None:
-    dest = tmp_path / "a.7z"
-    faults = Faults(drop_times=1, drop_after=50_000, ignore_range=True)
-    with DumpServer(payload.parent.parent, faults) as server:
-        source.download(f"{server.url}/mirror/{NAME}", dest, POLICY)
-        assert len(server.gets(NAME)) == 2
-    assert dest.read_bytes() == payload.read_bytes()
+def test_retries_5xx_then_succeeds(mirror: Path) -> None:
+    contents = publish(mirror, SINGLE)
+    (mirror / LIST).write_text(file_list({SINGLE: digests(contents[SINGLE])}))
+    with DumpServer(mirror.parent, Faults(fail_times=2)) as server:
+        found = source.resolve(SITE, f"{server.url}/mirror", POLICY)
+        assert calls(server) == [("GET", f"/mirror/{LIST}")] * 3 + [("HEAD", f"/mirror/{SINGLE}")]
+    assert found.archives["Posts.xml"].checksum == source.Checksum(
+        "sha1", hashlib.sha1(contents[SINGLE]).hexdigest()
+    )
 
 
-def test_download_that_stays_truncated_fails(payload: Path, tmp_path: Path) -> None:
-    faults = Faults(drop_times=100, drop_after=0)
-    with (
-        DumpServer(payload.parent.parent, faults) as server,
-        pytest.raises(source.SourceError, match="failed 4 times") as err,
-    ):
-        source.download(f"{server.url}/mirror/{NAME}", tmp_path / "a.7z", POLICY)
-    assert "connection" in str(err.value.__cause__).lower()
-
-
-def test_published_checksum_is_found_and_verified(payload: Path, tmp_path: Path) -> None:
-    sha1 = hashlib.sha1(payload.read_bytes()).hexdigest()
-    (payload.parent / "mirror_files.xml").write_text(files_xml({"other.7z": "0" * 40, NAME: sha1}))
-    with DumpServer(payload.parent.parent, Faults(drop_times=1, drop_after=70_000)) as server:
-        checksum = source.published_checksum(
-            f"{server.url}/mirror/", f"{server.url}/mirror/{NAME}", POLICY
-        )
-        assert checksum == source.Checksum("sha1", sha1)
-        source.download(f"{server.url}/mirror/{NAME}", tmp_path / "a.7z", POLICY, checksum)
-
-
-def test_checksum_mismatch_fails(payload: Path, tmp_path: Path) -> None:
-    (payload.parent / "mirror_files.xml").write_text(files_xml({NAME: "1" * 40}))
-    with DumpServer(payload.parent.parent) as server:
-        checksum = source.published_checksum(
-            f"{server.url}/mirror", f"{server.url}/mirror/{NAME}", POLICY
-        )
-        with pytest.raises(source.SourceError, match="does not match the published"):
-            source.download(f"{server.url}/mirror/{NAME}", tmp_path / "a.7z", POLICY, checksum)
-
-
-def test_missing_checksum_list_is_logged_not_fatal(
-    payload: Path, caplog: pytest.LogCaptureFixture
+def test_persistent_5xx_fails_after_every_attempt(
+    mirror: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    caplog.set_level(logging.INFO, logger="stackexchange.source")
-    with DumpServer(payload.parent.parent) as server:
-        assert (
-            source.published_checksum(f"{server.url}/mirror", f"{server.url}/mirror/{NAME}", POLICY)
-            is None
-        )
-    assert "carrying on" in caplog.text or "verifying size only" in caplog.text
-
-
-def test_checksum_list_override_and_doctype_refusal(
-    payload: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    listing = payload.parent / "custom.xml"
-    listing.write_text('<?xml version="1.0"?><!DOCTYPE files [<!ENTITY a "b">]><files/>')
-    monkeypatch.setenv("STACKEXCHANGE_CHECKSUMS_URL", listing.as_uri())
-    assert source.published_checksum("https://x", f"https://x/{NAME}", POLICY) is None
-    assert "DOCTYPE" in caplog.text
     monkeypatch.setenv("STACKEXCHANGE_CHECKSUMS_URL", "none")
-    assert source.checksums_list_url("https://archive.org/download/stackexchange") is None
-    monkeypatch.delenv("STACKEXCHANGE_CHECKSUMS_URL")
-    assert source.checksums_list_url("https://archive.org/download/stackexchange") == (
-        "https://archive.org/download/stackexchange/stackexchange_files.xml"
+    publish(mirror, SINGLE)
+    with DumpServer(mirror.parent, Faults(fail_times=100, fail_status=502)) as server:
+        with pytest.raises(source.SourceError) as err:
+            source.resolve(SITE, f"{server.url}/mirror", POLICY)
+        assert calls(server) == [("HEAD", f"/mirror/{SINGLE}")] * POLICY.attempts
+    assert not isinstance(err.value, source.SourceNotFound)
+    assert f"HEAD {server.url}/mirror/{SINGLE} failed 4 times" in str(err.value)
+    assert "HTTP 502" in str(err.value) and "mirror" in str(err.value)
+
+
+def test_list_that_keeps_failing_does_not_stop_probing(mirror: Path) -> None:
+    publish(mirror, SINGLE)
+    with DumpServer(mirror.parent, Faults(fail_times=POLICY.attempts)) as server:
+        found = source.resolve(SITE, f"{server.url}/mirror", POLICY)
+        assert calls(server)[-1] == ("HEAD", f"/mirror/{SINGLE}")
+    assert found.archives["Posts.xml"].checksum is None
+
+
+def test_redirects_are_followed_and_the_archive_keeps_its_url(mirror: Path) -> None:
+    publish(mirror, SINGLE)
+    with DumpServer(mirror.parent, Faults(redirect=True)) as server:
+        found = source.resolve(SITE, f"{server.url}/mirror", POLICY)
+        assert calls(server)[-2:] == [
+            ("HEAD", f"/mirror/{SINGLE}"),
+            ("HEAD", f"/storage/mirror/{SINGLE}"),
+        ]
+    assert found.archives["Posts.xml"].url == f"{server.url}/mirror/{SINGLE}"
+    assert found.archives["Posts.xml"].size == 20_000
+
+
+def test_version_is_the_etag_when_the_server_sends_one(mirror: Path) -> None:
+    publish(mirror, SINGLE)
+    with DumpServer(mirror.parent) as server:
+        archive = source.resolve(SITE, f"{server.url}/mirror", POLICY).archives["Posts.xml"]
+        etag = requests.head(f"{server.url}/mirror/{SINGLE}", timeout=10).headers["ETag"]
+    assert archive.etag == etag
+    assert archive.version == f"etag:{etag}"
+    (mirror / SINGLE).write_bytes(os.urandom(20_001))  # a new upload: a new version
+    with DumpServer(mirror.parent) as server:
+        changed = source.resolve(SITE, f"{server.url}/mirror", POLICY).archives["Posts.xml"]
+    assert changed.version != archive.version
+
+
+def test_version_without_an_etag_is_last_modified_and_size() -> None:
+    modified = "Tue, 01 Apr 2025 08:00:00 GMT"
+    with_date = source.RemoteArchive("https://x/a.7z", 123, None, modified)
+    assert with_date.version == f"last-modified:{modified};size:123"
+    resized = source.RemoteArchive("https://x/a.7z", 124, None, modified)
+    assert resized.version != with_date.version
+    assert source.RemoteArchive("https://x/a.7z", 9, None, None).version == (
+        "last-modified:unknown;size:9"
     )
 
 
-def test_file_urls_probe_and_copy(payload: Path, tmp_path: Path) -> None:
-    url = payload.as_uri()
-    info = source.probe(url, POLICY)
-    assert info.size == 300_000 and info.etag is None
-    assert info.version.startswith("last-modified:") and info.version.endswith(";size:300000")
-    dest = tmp_path / "copy.7z"
-    assert source.download(url, dest, POLICY) == info
-    assert dest.read_bytes() == payload.read_bytes()
-    with pytest.raises(source.SourceNotFound, match="does not exist"):
-        source.probe(payload.with_name("nosuch.7z").as_uri(), POLICY)
+def test_file_url_under_the_root(mirror: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    contents = publish(mirror, SINGLE)
+    (mirror / LIST).write_text(file_list({SINGLE: digests(contents[SINGLE])}))
+    monkeypatch.setenv(url_policy.FILE_ROOT_ENV, str(mirror.parent))
+    found = source.resolve(SITE, mirror.as_uri(), POLICY)
+    archive = found.archives["Posts.xml"]
+    assert archive.url == (mirror / SINGLE).as_uri()
+    assert (archive.size, archive.etag) == (len(contents[SINGLE]), None)
+    modified = email.utils.parsedate_to_datetime(archive.last_modified or "")
+    assert modified.timestamp() == int((mirror / SINGLE).stat().st_mtime)
+    assert archive.version == f"last-modified:{archive.last_modified};size:20000"
+    assert archive.checksum == source.Checksum("sha1", hashlib.sha1(contents[SINGLE]).hexdigest())
+
+
+def test_file_url_outside_the_root_is_refused(
+    mirror: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    publish(mirror, SINGLE)
+    root = mirror.parent / "root"
+    root.mkdir()
+    monkeypatch.setenv(url_policy.FILE_ROOT_ENV, str(root))
+    with pytest.raises(url_policy.InvalidSourceParam, match=url_policy.FILE_ROOT_ENV):
+        source.resolve(SITE, f"{root.as_uri()}/../mirror", POLICY)

@@ -122,7 +122,7 @@ def open_members(
                 f"{', '.join(sorted(members)) or 'nothing'}. Is it a Stack Exchange site dump?"
             )
         packed = sum(archive.header.main_streams.packinfo.packsizes or [0])
-        unpacked = sum(m.size for m in members.values())
+        unpacked = sum(f.uncompressed or 0 for f in archive.files if not f.is_directory)
         ratio = unpacked / max(packed, 1)
         if ratio > limits.max_expansion_ratio:
             raise ArchiveRefused(

@@ -16,11 +16,13 @@ reports either failure, so nothing is published from an archive that did not ver
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
 import os
 import re
+import socket
 import threading
 from pathlib import Path
 
@@ -30,6 +32,7 @@ from stackexchange import url_policy
 from stackexchange.progress import Counter
 from stackexchange.settings import DownloadPolicy
 from stackexchange.source import (
+    TRANSIENT_ERRORS,
     RemoteArchive,
     SourceError,
     TransientSourceError,
@@ -102,13 +105,22 @@ class StreamedArchive(io.RawIOBase):
             self._ready.notify_all()
 
     def _attempt(self, state: dict) -> None:
+        try:
+            self._receive(state)
+        except TRANSIENT_ERRORS:
+            if self._cancel.is_set():  # close() cut the connection: nothing to retry or log
+                raise _Cancelled from None
+            raise
+
+    def _receive(self, state: dict) -> None:
         if self._cancel.is_set():
             raise _Cancelled
         written = self.downloaded.done
         headers = {}
         if written:
             headers["Range"] = f"bytes={written}-"
-            validator = self.archive.etag or self.archive.last_modified
+            strong = self.archive.etag if not (self.archive.etag or "").startswith("W/") else None
+            validator = strong or self.archive.last_modified  # If-Range ignores weak ETags
             if validator:  # the server sends the whole (new) file if the archive changed
                 headers["If-Range"] = validator
         with self._session.get(
@@ -236,7 +248,9 @@ class StreamedArchive(io.RawIOBase):
     def close(self) -> None:
         if not self.closed:
             self._cancel.set()
-            if self._response is not None:  # unblocks a read waiting on the network
+            if self._response is not None:  # wakes a read blocked on the network at once
+                with contextlib.suppress(AttributeError, OSError):  # already released
+                    self._response.raw.connection.sock.shutdown(socket.SHUT_RDWR)
                 self._response.close()
             self._thread.join()
             self._session.close()
