@@ -12,7 +12,8 @@ Builds cicd/Dockerfile (versions from versions.env) and pushes it to
 <account>.dkr.ecr.<AWS_REGION>.amazonaws.com/<ECR_REPOSITORY>. Creates the repository
 (immutable tags, scan on push) if absent; a tag already in ECR is not pushed again.
 
-  --tag TAG        image tag (default: UTC time + git commit, e.g. 20250101T120000Z-0123456789ab)
+  --tag TAG        image tag (default: where it comes from + UTC time + commit, e.g.
+                   main-20250101T120000Z-0123456789ab; in CI on a release tag: that tag)
   --dry-run        print every command, run none
   --env-file FILE  configuration (default: .env; see .env.example)
   -h, --help       this help
@@ -47,7 +48,7 @@ main() {
     build_image "$image"
     run docker push "$image"
     echo
-    echo "Pushed $image. Next: scripts/install-airflow-2-ecr.sh (picks the newest pushed tag)"
+    echo "Pushed $image. Next: scripts/install-airflow-2-ecr.sh --tag $tag (by default it installs the newest main-* image)"
 }
 
 main "$@"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Remove everything the install created: Helm release, namespace, logs PV, Kind cluster, log data.
+# Remove everything the install created: Helm release, namespace, PVs, Kind cluster, log data.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -9,25 +9,59 @@ usage() {
 Usage: scripts/complete-cleanup.sh [--yes] [--dry-run] [--env-file FILE]
 
 Deletes the Helm release, the namespace (with its Secrets and the Postgres data), the logs
-PersistentVolume, the Kind cluster and the task logs under ./logs. Asks for confirmation
-unless --yes; without a terminal and without --yes it deletes nothing.
+and DAGs PersistentVolumes, the Kind cluster and the task logs under ./logs. It first looks
+(read-only) at what exists and prints the plan; then asks for confirmation unless --yes;
+without a terminal and without --yes it deletes nothing. --dry-run prints the same plan and
+every command it would run, and runs none of them.
 
   --yes            do not ask
-  --dry-run        print every command, run none
+  --dry-run        print every command, run none (the read-only look still runs)
   --env-file FILE  configuration (default: .env; see .env.example)
   -h, --help       this help
 EOF_USAGE
 }
 
+# What exists now (read-only queries, also with --dry-run): sets the HAVE_* flags and PLAN.
+survey() {
+    HAVE_CLUSTER=0 HAVE_RELEASE=0 HAVE_NAMESPACE=0 HAVE_LOGS_DIR=0
+    HAVE_PVS=()
+    PLAN=()
+    info "Looking at what exists (read-only)"
+    if query kind get clusters | grep -qx "$CLUSTER_NAME"; then
+        HAVE_CLUSTER=1
+        if query "${HELM[@]}" status "$HELM_RELEASE" --namespace "$NAMESPACE" >/dev/null 2>&1; then
+            HAVE_RELEASE=1
+            PLAN+=("Helm release '$HELM_RELEASE' in namespace '$NAMESPACE'")
+        fi
+        if query "${KUBECTL[@]}" get namespace "$NAMESPACE" >/dev/null 2>&1; then
+            HAVE_NAMESPACE=1
+            PLAN+=("namespace '$NAMESPACE' (Secrets, Postgres data)")
+        fi
+        local pv
+        for pv in airflow-logs-pv airflow-dags-pv; do
+            if query "${KUBECTL[@]}" get persistentvolume "$pv" >/dev/null 2>&1; then
+                HAVE_PVS+=("$pv")
+                PLAN+=("PersistentVolume $pv")
+            fi
+        done
+        PLAN+=("task logs on the nodes ($NODE_LOGS_DIR)" "Kind cluster '$CLUSTER_NAME'")
+    fi
+    if [ -d "$LOGS_HOST_DIR" ]; then
+        HAVE_LOGS_DIR=1
+        PLAN+=("task logs in $LOGS_HOST_DIR")
+    fi
+}
+
 confirm() {
-    cat <<EOF_PLAN
-This deletes, in Kind cluster '$CLUSTER_NAME':
-  - Helm release '$HELM_RELEASE' and namespace '$NAMESPACE' (Secrets, Postgres data)
-  - PersistentVolume airflow-logs-pv
-  - the Kind cluster '$CLUSTER_NAME' itself
-  - task logs in $LOGS_HOST_DIR
-EOF_PLAN
-    [ "$ASSUME_YES" = 1 ] && return 0
+    if [ ${#PLAN[@]} -eq 0 ]; then
+        echo "Nothing to delete: no Kind cluster '$CLUSTER_NAME', no $LOGS_HOST_DIR."
+        exit 0
+    fi
+    echo "This deletes:"
+    printf '  - %s\n' "${PLAN[@]}"
+    if [ "$ASSUME_YES" = 1 ] || [ "$DRY_RUN" = 1 ]; then
+        return 0
+    fi
     if [ ! -t 0 ]; then
         echo "No terminal to confirm and --yes not given: nothing deleted." >&2
         exit 1
@@ -51,28 +85,33 @@ main() {
     done
     load_config
     require_tools docker kind kubectl helm
+    survey
     confirm
 
-    if cluster_exists; then
-        if quiet_probe "${HELM[@]}" status "$HELM_RELEASE" --namespace "$NAMESPACE"; then
+    if [ "$HAVE_CLUSTER" = 1 ]; then
+        [ "$HAVE_RELEASE" = 0 ] ||
             run "${HELM[@]}" uninstall "$HELM_RELEASE" --namespace "$NAMESPACE" --wait --timeout 5m
-        fi
-        run "${KUBECTL[@]}" delete namespace "$NAMESPACE" --ignore-not-found --wait --timeout=5m
-        run "${KUBECTL[@]}" delete persistentvolume airflow-logs-pv --ignore-not-found
+        [ "$HAVE_NAMESPACE" = 0 ] ||
+            run "${KUBECTL[@]}" delete namespace "$NAMESPACE" --ignore-not-found --wait --timeout=5m
+        local pv
+        for pv in "${HAVE_PVS[@]+"${HAVE_PVS[@]}"}"; do
+            run "${KUBECTL[@]}" delete persistentvolume "$pv" --ignore-not-found
+        done
         # Log files belong to the pods' uid 50000: remove them from inside a node (root).
-        run docker exec "$CLUSTER_NAME-control-plane" \
-            find /var/local/airflow/logs -mindepth 1 -delete ||
+        run docker exec "$CLUSTER_NAME-control-plane" find "$NODE_LOGS_DIR" -mindepth 1 -delete ||
             warn "could not empty the logs volume from the node; $LOGS_HOST_DIR may need 'sudo rm -rf'"
         run kind delete cluster --name "$CLUSTER_NAME"
-    else
-        info "Kind cluster '$CLUSTER_NAME' does not exist: nothing to delete there"
     fi
-    if [ -d "$LOGS_HOST_DIR" ]; then
+    if [ "$HAVE_LOGS_DIR" = 1 ]; then
         run rm -rf "$LOGS_HOST_DIR" ||
             die "could not remove $LOGS_HOST_DIR (files owned by uid 50000?): sudo rm -rf '$LOGS_HOST_DIR'"
     fi
     echo
-    echo "Cleaned up. Next: scripts/install-airflow.sh (make k8s-install) to start again."
+    if [ "$DRY_RUN" = 1 ]; then
+        echo "Dry run finished: nothing was deleted."
+    else
+        echo "Cleaned up. Next: scripts/install-airflow.sh (make k8s-install) to start again."
+    fi
 }
 
 main "$@"

@@ -12,11 +12,13 @@ Installs Airflow on the Kind cluster with an image from ECR. Safe to run again: 
 cluster, namespace and Secrets are kept, the Helm release is upgraded in place.
 
 Steps: preflight (docker, kind, kubectl, helm, aws + AWS identity) -> Kind cluster if absent ->
-ECR login -> image (--tag, else the most recently pushed tag) -> docker pull + kind load ->
-namespace + Secrets if absent -> logs volume -> helm upgrade --install -> wait for the jobs and
-every rollout -> URL and login.
+ECR login -> image (--tag, else the newest image built from main) -> docker pull + kind load ->
+namespace (Pod Security "restricted") + Secrets if absent -> logs/DAGs volumes ->
+helm upgrade --install -> wait for the jobs and every rollout -> URL and login.
 
-  --tag TAG        image tag in ECR_REPOSITORY (default: the newest pushed image)
+  --tag TAG        image tag in ECR_REPOSITORY, e.g. a release v1.2.0 (default: the newest
+                   image built from main, main-<UTC time>-<commit>; branch builds are
+                   never picked unless named here)
   --dry-run        print every command, run none
   --env-file FILE  configuration (default: .env; see .env.example)
   -h, --help       this help
@@ -28,6 +30,7 @@ main() {
     parse_tag_arg "${REST_ARGS[@]+"${REST_ARGS[@]}"}"
     local tag="$TAG"
     load_config
+    check_logs_config
     require_tools docker kind kubectl helm aws
     aws_identity
     ensure_cluster
@@ -40,9 +43,9 @@ main() {
     else
         tag="$(ecr_newest_tag)"
         if [ -z "$tag" ] || [ "$tag" = None ]; then
-            die "no tagged image in ECR repository $ECR_REPOSITORY ($AWS_REGION): push one with cicd/build-and-push.sh"
+            die "no image built from main in ECR repository $ECR_REPOSITORY ($AWS_REGION): merge to main (CI pushes it), or name one with --tag"
         fi
-        note "newest pushed tag: $tag"
+        note "newest image from main: $tag"
     fi
     local image="$ECR_REGISTRY/$ECR_REPOSITORY"
     run docker pull "$image:$tag"
@@ -51,6 +54,7 @@ main() {
     ensure_namespace
     ensure_secrets
     ensure_logs_volume
+    ensure_dags_volume
     helm_deploy "$image" "$tag"
     wait_rollouts
     print_access

@@ -12,8 +12,9 @@ Installs Airflow on the Kind cluster with an image built from this checkout. Saf
 existing cluster, namespace and Secrets are kept, the Helm release is upgraded in place.
 
 Steps: preflight (docker, kind, kubectl, helm) -> Kind cluster if absent -> docker build
-(cicd/Dockerfile, unique tag) + kind load -> namespace + Secrets if absent -> logs volume ->
-helm upgrade --install -> wait for the jobs and every rollout -> URL and login.
+(cicd/Dockerfile, unique tag) + kind load -> namespace (Pod Security "restricted") + Secrets
+if absent -> logs/DAGs volumes -> helm upgrade --install -> wait for the jobs and every
+rollout -> URL and login.
 
   --dry-run        print every command, run none
   --env-file FILE  configuration (default: .env; see .env.example)
@@ -25,6 +26,7 @@ main() {
     parse_common_args "$@"
     [ ${#REST_ARGS[@]} -eq 0 ] || die "unknown argument '${REST_ARGS[0]}' (see --help)"
     load_config
+    check_logs_config
     require_tools docker kind kubectl helm git
     ensure_cluster
 
@@ -36,6 +38,7 @@ main() {
     ensure_namespace
     ensure_secrets
     ensure_logs_volume
+    ensure_dags_volume
     helm_deploy "$LOCAL_IMAGE_REPOSITORY" "$tag"
     wait_rollouts
     print_access

@@ -19,6 +19,16 @@ SECRET_METADATA=airflow-metadata-connection
 SECRET_ADMIN=airflow-admin-user
 SECRET_CONNECTIONS=airflow-connections
 SECRET_GIT=airflow-git-credentials
+SECRET_GIT_SSH=airflow-git-ssh-key
+# The uid and gid the Airflow pods run as (chart/values.yaml securityContexts.pod).
+AIRFLOW_UID=50000
+AIRFLOW_GID=0
+# Where kind-config.yaml mounts ./logs and ./dags in the nodes.
+NODE_LOGS_DIR=/var/local/airflow/logs
+NODE_DAGS_DIR=/var/local/airflow/dags
+# Image label recording the dependency hash (cicd/Dockerfile LABEL).
+# shellcheck disable=SC2034 # read by scripts/upgrade-dags.sh
+DEPS_LABEL=io.github.airflow-stackexchange.deps-sha256
 
 # ---------------------------------------------------------------------------------------------
 # Output
@@ -55,6 +65,12 @@ run() {
 probe() {
     show "$@"
     [ "$DRY_RUN" = 1 ] && return 1
+    "$@"
+}
+
+# Read-only query that runs even with --dry-run (a plan that depends on what exists).
+query() {
+    show "$@"
     "$@"
 }
 
@@ -115,6 +131,8 @@ load_config() {
     set -a
     # shellcheck source-path=SCRIPTDIR source=../versions.env
     . "$REPO_ROOT/versions.env"
+    # shellcheck source-path=SCRIPTDIR source=../cicd/image-digests.env
+    . "$REPO_ROOT/cicd/image-digests.env"
     if [ -n "${ENV_FILE:-}" ] && [ ! -f "$ENV_FILE" ]; then
         die "env file $ENV_FILE not found (copy .env.example and edit it)"
     fi
@@ -136,18 +154,57 @@ load_config() {
     ECR_REPOSITORY="${ECR_REPOSITORY:-airflow-stackexchange}"
     ECR_REGISTRY="${ECR_REGISTRY:-}"
     PERSISTENCE="${PERSISTENCE:-true}"
+    DAGS_FROM_HOST="${DAGS_FROM_HOST:-false}"
+    REMOTE_LOG_BUCKET="${REMOTE_LOG_BUCKET:-}"
+    REMOTE_LOG_PREFIX="${REMOTE_LOG_PREFIX:-airflow/task-logs}"
     GIT_SYNC_REPO="${GIT_SYNC_REPO:-}"
+    GIT_SYNC_SSH_KEY_FILE="${GIT_SYNC_SSH_KEY_FILE:-}"
+    GIT_SYNC_KNOWN_HOSTS_FILE="${GIT_SYNC_KNOWN_HOSTS_FILE:-}"
     GIT_SYNC_BRANCH="${GIT_SYNC_BRANCH:-main}"
     GIT_SYNC_SUBPATH="${GIT_SYNC_SUBPATH:-dags}"
     HELM_TIMEOUT="${HELM_TIMEOUT:-15m}"
     ROLLOUT_TIMEOUT="${ROLLOUT_TIMEOUT:-10m}"
     AIRFLOW_URL="${AIRFLOW_URL:-http://localhost:8080}"
     LOGS_HOST_DIR="$REPO_ROOT/logs" # kind-config.yaml extraMounts hostPath (./logs)
-    case "$PERSISTENCE" in
-    true | false) ;;
-    *) die "PERSISTENCE must be true or false (got '$PERSISTENCE')" ;;
-    esac
+    local flag
+    for flag in PERSISTENCE DAGS_FROM_HOST; do
+        case "${!flag}" in
+        true | false) ;;
+        *) die "$flag must be true or false (got '${!flag}')" ;;
+        esac
+    done
+    check_git_sync_config
+    [ "$DAGS_FROM_HOST" = false ] || [ -z "$GIT_SYNC_REPO" ] ||
+        die "DAGS_FROM_HOST=true and GIT_SYNC_REPO both choose where the DAGs come from: set one of them"
     [ "$DRY_RUN" = 0 ] || info "Dry run: printing the commands, running none"
+}
+
+# Where task logs go: the hostPath volume (PERSISTENCE=true) or S3 (chart/values-remote-logging.yaml).
+check_logs_config() {
+    [ "$PERSISTENCE" = false ] || return 0
+    [ -n "$REMOTE_LOG_BUCKET" ] ||
+        die "PERSISTENCE=false keeps task logs in S3: set REMOTE_LOG_BUCKET (and optionally REMOTE_LOG_PREFIX) in .env, or PERSISTENCE=true for the hostPath volume"
+    case "$REMOTE_LOG_BUCKET" in
+    *[!a-z0-9.-]*) die "REMOTE_LOG_BUCKET must be a bucket name, not a URL (got '$REMOTE_LOG_BUCKET')" ;;
+    esac
+}
+
+# git-sync settings: credentials never inside the URL (it is a Helm value, shown by `helm get
+# values` and in every pod spec); SSH needs the key file and the server's known host keys.
+check_git_sync_config() {
+    [ -n "$GIT_SYNC_REPO" ] || return 0
+    if [[ "$GIT_SYNC_REPO" =~ ^https?://[^/]*@ ]] || [[ "$GIT_SYNC_REPO" =~ ^[a-z+]+://[^/@]*:[^/@]*@ ]]; then
+        die "GIT_SYNC_REPO contains credentials in the URL (user or token before '@'): remove them from the URL and set GIT_SYNC_USERNAME and GIT_SYNC_PASSWORD (HTTPS), or use an SSH URL with GIT_SYNC_SSH_KEY_FILE"
+    fi
+    if [ -n "$GIT_SYNC_SSH_KEY_FILE" ]; then
+        [ -f "$GIT_SYNC_SSH_KEY_FILE" ] || die "GIT_SYNC_SSH_KEY_FILE $GIT_SYNC_SSH_KEY_FILE not found"
+        [ -f "$GIT_SYNC_KNOWN_HOSTS_FILE" ] ||
+            die "git-sync over SSH needs the server's host keys: GIT_SYNC_KNOWN_HOSTS_FILE=<file> (e.g. ssh-keyscan github.com > known_hosts)"
+        [ -z "${GIT_SYNC_USERNAME:-}" ] ||
+            die "GIT_SYNC_SSH_KEY_FILE and GIT_SYNC_USERNAME are both set: SSH or HTTPS credentials, not both"
+        [[ ! "$GIT_SYNC_REPO" =~ ^https?:// ]] ||
+            die "GIT_SYNC_SSH_KEY_FILE is set but GIT_SYNC_REPO is an HTTPS URL: use the SSH URL (git@host:org/repo.git)"
+    fi
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -224,17 +281,23 @@ ensure_cluster() {
         info "Creating Kind cluster '$CLUSTER_NAME' (kind-config.yaml)"
         # kind-config.yaml mounts ./logs (relative to the repository root) into the nodes.
         run mkdir -p "$LOGS_HOST_DIR"
-        run chmod 0777 "$LOGS_HOST_DIR" # written by the airflow user (uid 50000) in the pods
+        run chmod 0770 "$LOGS_HOST_DIR"
         run kind create cluster --name "$CLUSTER_NAME" --config "$REPO_ROOT/kind-config.yaml" --wait 5m
     fi
 }
 
+# The namespace, labelled to enforce Pod Security "restricted" (and warn/audit against it), also
+# when it existed before.
 ensure_namespace() {
     if quiet_probe "${KUBECTL[@]}" get namespace "$NAMESPACE"; then
         info "Namespace '$NAMESPACE' exists"
     else
         run "${KUBECTL[@]}" create namespace "$NAMESPACE"
     fi
+    run "${KUBECTL[@]}" label namespace "$NAMESPACE" --overwrite \
+        pod-security.kubernetes.io/enforce=restricted \
+        pod-security.kubernetes.io/warn=restricted \
+        pod-security.kubernetes.io/audit=restricted
 }
 
 secret_exists() { quiet_probe "${KUBECTL[@]}" --namespace "$NAMESPACE" get secret "$1"; }
@@ -314,13 +377,18 @@ ensure_secrets() {
     create_secret "$SECRET_API_KEY" api-secret-key "$(random_token 48)"
     create_secret "$SECRET_JWT" jwt-secret "$(random_token 48)"
     create_secret "$SECRET_ADMIN" password "$(random_token 24)"
-    create_secret "$SECRET_POSTGRES" postgres-password "$(random_token 32)"
+    # The superuser (postgres-password) stays in this Secret, read only by the Postgres pod;
+    # Airflow connects as the database owner `airflow` (password).
+    create_secret "$SECRET_POSTGRES" postgres-password "$(random_token 32)" password "$(random_token 32)"
+    if [ "$DRY_RUN" = 0 ] && [ -z "$(secret_value "$SECRET_POSTGRES" password)" ]; then
+        die "Secret $SECRET_POSTGRES has no 'password' key: it was created by an older install whose Airflow used the Postgres superuser. Remove the install (scripts/complete-cleanup.sh) and install again"
+    fi
     if ! secret_exists "$SECRET_METADATA"; then
         # Built from the Postgres Secret, so the two always agree (also after a half-done run).
-        local password="<postgres-password>"
-        [ "$DRY_RUN" = 1 ] || password="$(secret_value "$SECRET_POSTGRES" postgres-password)"
+        local password="<password>"
+        [ "$DRY_RUN" = 1 ] || password="$(secret_value "$SECRET_POSTGRES" password)"
         new_secret "$SECRET_METADATA" connection \
-            "postgresql://postgres:${password}@${HELM_RELEASE}-postgresql.${NAMESPACE}:5432/postgres?sslmode=disable"
+            "postgresql://airflow:${password}@${HELM_RELEASE}-postgresql.${NAMESPACE}:5432/airflow?sslmode=disable"
     else
         note "Secret $SECRET_METADATA exists: kept"
     fi
@@ -330,6 +398,11 @@ ensure_secrets() {
         apply_secret "$SECRET_GIT" \
             GIT_SYNC_USERNAME "$GIT_SYNC_USERNAME" GIT_SYNC_PASSWORD "${GIT_SYNC_PASSWORD:-}" \
             GITSYNC_USERNAME "$GIT_SYNC_USERNAME" GITSYNC_PASSWORD "${GIT_SYNC_PASSWORD:-}"
+    fi
+    if [ -n "$GIT_SYNC_REPO" ] && [ -n "$GIT_SYNC_SSH_KEY_FILE" ]; then
+        # the key the chart mounts for git-sync (dags.gitSync.sshKeySecret, key gitSshKey)
+        # (ssh refuses a key without its final newline, which $(...) strips)
+        apply_secret "$SECRET_GIT_SSH" gitSshKey "$(cat "$GIT_SYNC_SSH_KEY_FILE")"$'\n'
     fi
 }
 
@@ -352,33 +425,88 @@ ensure_connections_secret() {
     fi
 }
 
-# The static PV + PVC for task logs (chart/logs-persistent-volume.yaml); apply is idempotent.
+# ensure_host_volume NAME MANIFEST: a static hostPath PV + PVC (chart/*-persistent-volume.yaml);
+# apply is idempotent.
+ensure_host_volume() {
+    local pv="airflow-$1-pv" phase=""
+    show "${KUBECTL[@]}" get persistentvolume "$pv" -o 'jsonpath={.status.phase}'
+    [ "$DRY_RUN" = 1 ] ||
+        phase="$("${KUBECTL[@]}" get persistentvolume "$pv" -o 'jsonpath={.status.phase}' 2>/dev/null || true)"
+    if [ "$phase" = Released ]; then
+        # Its old claim is gone (namespace deleted by hand): free it for the new claim, keep the data.
+        run "${KUBECTL[@]}" patch persistentvolume "$pv" --type json \
+            -p '[{"op": "remove", "path": "/spec/claimRef"}]'
+    fi
+    run "${KUBECTL[@]}" --namespace "$NAMESPACE" apply -f "$REPO_ROOT/chart/$2"
+}
+
+# Task logs on the host (PERSISTENCE=true). The directory belongs to the pods' uid and group
+# (50000:0, mode 0770), set from inside a node (root there), so nothing is world-writable.
 ensure_logs_volume() {
     [ "$PERSISTENCE" = true ] || return 0
     info "Task logs volume: PV airflow-logs-pv -> PVC airflow-logs-pvc (host: $LOGS_HOST_DIR)"
-    local phase=""
-    show "${KUBECTL[@]}" get persistentvolume airflow-logs-pv -o 'jsonpath={.status.phase}'
-    [ "$DRY_RUN" = 1 ] ||
-        phase="$("${KUBECTL[@]}" get persistentvolume airflow-logs-pv -o 'jsonpath={.status.phase}' 2>/dev/null || true)"
-    if [ "$phase" = Released ]; then
-        # Its old claim is gone (namespace deleted by hand): free it for the new claim, keep the logs.
-        run "${KUBECTL[@]}" patch persistentvolume airflow-logs-pv --type json \
-            -p '[{"op": "remove", "path": "/spec/claimRef"}]'
-    fi
-    run "${KUBECTL[@]}" --namespace "$NAMESPACE" apply -f "$REPO_ROOT/chart/logs-persistent-volume.yaml"
+    run docker exec "$CLUSTER_NAME-control-plane" \
+        sh -c "chown $AIRFLOW_UID:$AIRFLOW_GID $NODE_LOGS_DIR && chmod 0770 $NODE_LOGS_DIR"
+    ensure_host_volume logs logs-persistent-volume.yaml
+}
+
+# The repository's dags/ in every pod (DAGS_FROM_HOST=true), through kind-config.yaml's mount.
+ensure_dags_volume() {
+    [ "$DAGS_FROM_HOST" = true ] || return 0
+    info "DAGs from the host: PV airflow-dags-pv -> PVC airflow-dags-pvc (host: $REPO_ROOT/dags)"
+    quiet_probe docker exec "$CLUSTER_NAME-control-plane" test -d "$NODE_DAGS_DIR" || [ "$DRY_RUN" = 1 ] ||
+        die "Kind cluster '$CLUSTER_NAME' was created without the ./dags mount (older kind-config.yaml): recreate it (scripts/complete-cleanup.sh, then install), or set DAGS_FROM_HOST=false"
+    ensure_host_volume dags dags-persistent-volume.yaml
 }
 
 # ---------------------------------------------------------------------------------------------
 # Image
 
-# Unique per build: UTC time + commit (+ -dirty for uncommitted changes). Never "latest".
+# Where a build comes from: the release tag in CI (GITHUB_REF_TYPE=tag), else the branch
+# (GITHUB_REF_NAME in CI, the checkout's branch here), "detached", or "local" outside git.
+image_source() {
+    local branch
+    if [ -n "${GITHUB_REF_NAME:-}" ]; then
+        branch="$GITHUB_REF_NAME"
+    elif branch="$(git -C "$REPO_ROOT" symbolic-ref --quiet --short HEAD 2>/dev/null)"; then
+        :
+    elif git -C "$REPO_ROOT" rev-parse --git-dir >/dev/null 2>&1; then
+        branch=detached
+    else
+        branch=local
+    fi
+    branch="$(printf '%s' "$branch" | tr -c 'A-Za-z0-9_.-' '-')"
+    printf '%s' "${branch:0:40}"
+}
+
+# Unique per build and says where it came from: a release tag as is (v1.2.0), else
+# <branch>-<UTC time>-<commit> (+ -dirty for uncommitted changes), e.g.
+# main-20250101T120000Z-0123456789ab. Never "latest".
 new_image_tag() {
+    if [ "${GITHUB_REF_TYPE:-}" = tag ]; then
+        printf '%s' "$GITHUB_REF_NAME"
+        return 0
+    fi
     local sha=nogit dirty=""
     if git -C "$REPO_ROOT" rev-parse --git-dir >/dev/null 2>&1; then
         sha="$(git -C "$REPO_ROOT" rev-parse --short=12 HEAD 2>/dev/null || echo nocommit)"
         [ -z "$(git -C "$REPO_ROOT" status --porcelain 2>/dev/null)" ] || dirty="-dirty"
     fi
-    printf '%s-%s%s' "$(date -u +%Y%m%dT%H%M%SZ)" "$sha" "$dirty"
+    printf '%s-%s-%s%s' "$(image_source)" "$(date -u +%Y%m%dT%H%M%SZ)" "$sha" "$dirty"
+}
+
+# What the image's installed packages depend on: a change here needs a new image; a DAG change
+# does not when the DAGs come from the host (DAGS_FROM_HOST=true). Recorded as image label.
+deps_hash() {
+    cat "$REPO_ROOT/requirements.txt" "$REPO_ROOT/constraints.txt" "$REPO_ROOT/cicd/Dockerfile" \
+        "$REPO_ROOT/versions.env" | sha256sum | cut -d' ' -f1
+}
+
+# The official image the build starts from: tag from versions.env, digest from
+# cicd/image-digests.env.
+base_image() {
+    printf 'apache/airflow:%s-python%s' "$AIRFLOW_VERSION" "$PYTHON_VERSION"
+    [ -z "${AIRFLOW_BASE_DIGEST:-}" ] || printf '@%s' "$AIRFLOW_BASE_DIGEST"
 }
 
 # build_image REF: cicd/Dockerfile, versions from versions.env, OCI labels from git.
@@ -386,11 +514,15 @@ build_image() {
     local revision
     revision="$(git -C "$REPO_ROOT" rev-parse HEAD 2>/dev/null || echo unknown)"
     info "Building $1"
+    [ -n "${AIRFLOW_BASE_DIGEST:-}" ] ||
+        warn "the base image is pinned by tag only: run scripts/refresh-digests.sh to pin its digest"
     run docker build --file "$REPO_ROOT/cicd/Dockerfile" \
+        --build-arg "BASE_IMAGE=$(base_image)" \
         --build-arg "AIRFLOW_VERSION=$AIRFLOW_VERSION" \
         --build-arg "PYTHON_VERSION=$PYTHON_VERSION" \
         --build-arg "GIT_REVISION=$revision" \
         --build-arg "BUILD_DATE=$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+        --build-arg "DEPS_HASH=$(deps_hash)" \
         --tag "$1" "$REPO_ROOT"
 }
 
@@ -429,13 +561,15 @@ ecr_tag_exists() {
         --image-ids "imageTag=$1"
 }
 
-# The tag of the most recently pushed image (by imagePushedAt, not by name).
+# The newest image built from main (tag main-<time>-<commit>, by imagePushedAt), never a
+# branch's or an uncommitted (-dirty) build.
 ecr_newest_tag() {
-    local query='sort_by(imageDetails[?imageTags], &imagePushedAt)[-1].imageTags[0]'
+    local main="imageTags[?starts_with(@, 'main-') && !ends_with(@, '-dirty')]"
+    local query="sort_by(imageDetails[?$main], &imagePushedAt)[-1].$main | [0]"
     show aws ecr describe-images --region "$AWS_REGION" --repository-name "$ECR_REPOSITORY" \
         --query "$query" --output text
     if [ "$DRY_RUN" = 1 ]; then
-        echo "<newest-pushed-tag>"
+        echo "<newest-main-tag>"
         return 0
     fi
     aws ecr describe-images --region "$AWS_REGION" --repository-name "$ECR_REPOSITORY" \
@@ -454,7 +588,15 @@ helm_deploy() {
         --namespace "$NAMESPACE"
         --values "$REPO_ROOT/chart/values.yaml"
     )
-    [ "$PERSISTENCE" = false ] || args+=(--values "$REPO_ROOT/chart/values-override-with-persistence.yaml")
+    if [ "$PERSISTENCE" = true ]; then
+        args+=(--values "$REPO_ROOT/chart/values-override-with-persistence.yaml")
+    else
+        args+=(
+            --values "$REPO_ROOT/chart/values-remote-logging.yaml"
+            --set-string "config.logging.remote_base_log_folder=s3://$REMOTE_LOG_BUCKET/${REMOTE_LOG_PREFIX%/}"
+        )
+    fi
+    [ "$DAGS_FROM_HOST" = false ] || args+=(--values "$REPO_ROOT/chart/values-dags-from-host.yaml")
     args+=(--set "images.airflow.repository=$1" --set "images.airflow.tag=$2")
     if [ -n "$GIT_SYNC_REPO" ]; then
         args+=(
@@ -465,6 +607,12 @@ helm_deploy() {
             --set-string "dags.gitSync.subPath=$GIT_SYNC_SUBPATH"
         )
         [ -z "${GIT_SYNC_USERNAME:-}" ] || args+=(--set-string "dags.gitSync.credentialsSecret=$SECRET_GIT")
+        if [ -n "$GIT_SYNC_SSH_KEY_FILE" ]; then
+            args+=(
+                --set-string "dags.gitSync.sshKeySecret=$SECRET_GIT_SSH"
+                --set-file "dags.gitSync.knownHosts=$GIT_SYNC_KNOWN_HOSTS_FILE"
+            )
+        fi
     fi
     # Pipeline settings that must be identical in every component and task pod (asset URIs).
     local i=0 var

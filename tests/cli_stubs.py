@@ -1,4 +1,5 @@
-"""Stand-ins for kind, kubectl, helm, docker and aws, for the behaviour tests of scripts/*.sh.
+"""Stand-ins for kind, kubectl, helm, docker, aws, crane and git's network calls, for the behaviour
+tests of scripts/*.sh (run through tests/script_sandbox.py).
 
 Each stub records its call (one JSON line in $STUB_LOG) and answers from a JSON state file
 ($STUB_STATE) that it also updates, like the real tool would change the world: creating
@@ -11,11 +12,13 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+DEPS_LABEL = "io.github.airflow-stackexchange.deps-sha256"  # cicd/Dockerfile
 WORKLOADS = [
     "deployment.apps/{r}-api-server",
     "deployment.apps/{r}-dag-processor",
@@ -105,6 +108,11 @@ def kubectl(args: list[str], state: dict[str, Any]) -> str:
                 raise Exit(1, f'Error from server (AlreadyExists): namespaces "{name}" exists')
             state["namespaces"].append(name)
             return f"namespace/{name} created"
+        case ["label", "namespace", name, "--overwrite", *labels]:
+            if name not in state["namespaces"]:
+                raise Exit(1, f'Error from server (NotFound): namespaces "{name}" not found')
+            state["namespace_labels"][name] = dict(label.split("=", 1) for label in labels)
+            return f"namespace/{name} labeled"
         case ["get", "secret", name]:
             key = f"{ns}/{name}"
             if key not in secrets:
@@ -140,7 +148,7 @@ def kubectl(args: list[str], state: dict[str, Any]) -> str:
             for doc in yaml.safe_load_all(Path(path).read_text()):
                 state["applied"].append(f"{ns}/{doc['kind']}/{doc['metadata']['name']}")
                 if doc["kind"] == "PersistentVolume":
-                    state.setdefault("pv_phase", "Bound")
+                    state["pvs"].setdefault(doc["metadata"]["name"], "Bound")
             return "applied"
         case ["get", "deployments,statefulsets"]:
             release = state["releases"].get(ns)
@@ -162,16 +170,16 @@ def kubectl(args: list[str], state: dict[str, Any]) -> str:
             for key in [k for k in secrets if k.startswith(f"{name}/")]:
                 del secrets[key]
             return ""
-        case ["get", "persistentvolume", _]:
-            if "pv_phase" not in state:
-                raise Exit(1, 'Error from server (NotFound): persistentvolumes "x" not found')
-            return state["pv_phase"]
-        case ["patch", "persistentvolume", _, "--type", "json", "-p", patch]:
+        case ["get", "persistentvolume", name]:
+            if name not in state["pvs"]:
+                raise Exit(1, f'Error from server (NotFound): persistentvolumes "{name}" not found')
+            return state["pvs"][name]
+        case ["patch", "persistentvolume", name, "--type", "json", "-p", patch]:
             assert json.loads(patch) == [{"op": "remove", "path": "/spec/claimRef"}]
-            state["pv_phase"] = "Available"
+            state["pvs"][name] = "Available"
             return "persistentvolume patched"
-        case ["delete", "persistentvolume", *_]:
-            state.pop("pv_phase", None)
+        case ["delete", "persistentvolume", name, *_]:
+            state["pvs"].pop(name, None)
             return ""
     raise Exit(2, f"kubectl stub: unexpected {args}")
 
@@ -214,8 +222,14 @@ def docker(args: list[str], state: dict[str, Any]) -> str:
             return "Server Version: 27.5.1"
         case ["build", *rest]:
             tag = pop_option(rest, "--tag")
+            build_args = dict(a.split("=", 1) for a in args if "=" in a)
             state["docker_images"].append(tag)
             state["builds"].append(args)
+            # the labels cicd/Dockerfile sets from its build args
+            state["image_labels"][tag] = {
+                "org.opencontainers.image.revision": build_args.get("GIT_REVISION", ""),
+                DEPS_LABEL: build_args.get("DEPS_HASH", ""),
+            }
             return ""
         case ["pull", image]:
             tag = image.rsplit(":", 1)[1]
@@ -235,11 +249,20 @@ def docker(args: list[str], state: dict[str, Any]) -> str:
             pushed = {"imageTags": [tag], "imagePushedAt": "2099-01-01T00:00:00+00:00"}
             state["ecr_images"].append(pushed)
             return ""
-        case ["image", "inspect", image, "--format", _]:
-            if image not in state["image_revisions"]:
+        case ["image", "inspect", image, "--format", template]:
+            if image not in state["image_labels"]:
                 raise Exit(1, f"Error: No such image: {image}")
-            return state["image_revisions"][image]
+            label = re.fullmatch(r'\{\{ index \.Config\.Labels "([^"]+)" \}\}', template)
+            assert label, template
+            return state["image_labels"][image].get(label.group(1), "<no value>")
+        case ["buildx", "imagetools", "inspect", image, "--format", _]:
+            return json.dumps(registry_digest(image, state))
+        case ["exec", _node, "test", "-d", path]:
+            if path in state.get("missing_node_dirs", []):
+                raise Exit(1)
+            return ""
         case ["exec", *_]:
+            state.setdefault("node_commands", []).append(args[2:])
             return ""
     raise Exit(2, f"docker stub: unexpected {args}")
 
@@ -279,17 +302,43 @@ def aws(args: list[str], state: dict[str, Any]) -> str:
     raise Exit(2, f"aws stub: unexpected {args}")
 
 
+def registry_digest(image: str, state: dict[str, Any]) -> str:
+    if image not in state.get("registry_digests", {}):
+        raise Exit(1, f"MANIFEST_UNKNOWN: {image}")
+    return state["registry_digests"][image]
+
+
+def crane(args: list[str], state: dict[str, Any]) -> str:
+    match args:
+        case ["digest", image]:
+            return registry_digest(image, state)
+    raise Exit(2, f"crane stub: unexpected {args}")
+
+
+def git(args: list[str], state: dict[str, Any]) -> str:
+    """`git ls-remote` (the network) answered from state; main() runs the real git otherwise."""
+    match args:
+        case ["ls-remote", url, *refs]:
+            tags = state.get("remote_tags", {}).get(url, {})
+            return "\n".join(f"{tags[r]}\t{r}" for r in refs if r in tags)
+    raise Exit(2, f"git stub: unexpected {args}")
+
+
 TOOLS: dict[str, Callable[[list[str], dict[str, Any]], str]] = {
     "kind": kind,
     "kubectl": kubectl,
     "helm": helm,
     "docker": docker,
     "aws": aws,
+    "crane": crane,
+    "git": git,
 }
 
 
 def main(tool: str) -> None:
     args = sys.argv[1:]
+    if tool == "git" and args[:1] != ["ls-remote"]:  # local git: the real one, not recorded
+        os.execv(os.environ["STUB_REAL_GIT"], ["git", *args])
     with open(os.environ["STUB_LOG"], "a") as log:
         log.write(json.dumps({"tool": tool, "args": args}) + "\n")
     state = load_state()

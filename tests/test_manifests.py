@@ -63,7 +63,7 @@ def test_hadolint_flags_a_bad_dockerfile(tmp_path: Path) -> None:
 
 def test_dockerfile_builds_what_the_scripts_describe() -> None:
     text = (REPO / "cicd/Dockerfile").read_text()
-    assert "FROM apache/airflow:${AIRFLOW_VERSION}-python${PYTHON_VERSION}\n" in text
+    assert "ARG BASE_IMAGE\n# hadolint ignore=DL3006\nFROM ${BASE_IMAGE}\n" in text
     assert "-r /opt/airflow/build/requirements.txt -c /opt/airflow/build/constraints.txt" in text
     assert "COPY --chown=airflow:0 dags/ /opt/airflow/dags/" in text
     assert "ENV PYTHONPATH=/opt/airflow/dags" in text
@@ -72,6 +72,33 @@ def test_dockerfile_builds_what_the_scripts_describe() -> None:
     lib = (REPO / "scripts/lib.sh").read_text()
     for arg in re.findall(r"^ARG (\w+)", text, re.M):
         assert f'--build-arg "{arg}=' in lib, arg
+    # the dependency label upgrade-dags.sh compares is the one the Dockerfile sets
+    label = re.search(r"^DEPS_LABEL=(\S+)", lib, re.M).group(1)
+    assert f'{label}="${{DEPS_HASH}}"' in text
+
+
+def test_pins_are_digests_and_commits() -> None:
+    digests = dict(
+        line.split("=", 1)
+        for line in (REPO / "cicd/image-digests.env").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    for name, digest in digests.items():
+        assert digest == "" or re.fullmatch(r"sha256:[0-9a-f]{64}", digest), name
+    workflow = (REPO / ".github/workflows/ci.yml").read_text()
+    uses = re.findall(r"uses: (\S+)(.*)", workflow)
+    assert uses
+    for action, comment in uses:
+        assert re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", action), action
+        assert re.fullmatch(r" # v\d+(\.\d+)*", comment), action  # the tag, for people
+
+
+def test_images_are_pushed_only_from_main_and_release_tags() -> None:
+    workflow = yaml.safe_load((REPO / ".github/workflows/ci.yml").read_text())
+    condition = workflow["jobs"]["image"]["if"]
+    assert "github.ref == 'refs/heads/main'" in condition
+    assert "startsWith(github.ref, 'refs/tags/v')" in condition
+    assert "github.event_name == 'push'" in condition  # never from a pull request
 
 
 def test_docker_context_holds_only_what_the_image_copies() -> None:

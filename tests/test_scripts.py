@@ -1,21 +1,14 @@
-"""Behaviour of scripts/*.sh and cicd/build-and-push.sh against stub kind/kubectl/helm/docker/aws.
-
-The scripts run from a copy of the repository files they use, with a PATH holding only the stubs
-(tests/cli_stubs.py) and the system utilities listed in UTILITIES, so a real docker or kubectl
-on this machine is never reached and a tool the scripts need but nobody listed shows up here.
-"""
+"""Behaviour of scripts/*.sh and cicd/build-and-push.sh against stub kind/kubectl/helm/docker/aws
+(tests/cli_stubs.py), each run in a sandbox copy of the repository (tests/script_sandbox.py)."""
 
 from __future__ import annotations
 
 import json
 import os
 import pty
-import shutil
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -24,152 +17,24 @@ import pytest
 import yaml
 from cryptography.fernet import Fernet
 
-REPO = Path(__file__).resolve().parents[1]
-STUBBED = ("kind", "kubectl", "helm", "docker", "aws")
-UTILITIES = (
-    "bash", "base64", "cat", "chmod", "cut", "date", "dirname", "git", "grep", "head",
-    "mkdir", "mktemp", "rm", "sed", "tr", "curl",
-)  # fmt: skip
-COPIED = ("scripts", "cicd", "chart", "kind-config.yaml", "versions.env")
-VERSIONS = dict(
-    line.split("=", 1)
-    for line in (REPO / "versions.env").read_text().splitlines()
-    if line and not line.startswith("#")
+from tests.script_sandbox import (
+    NEWEST_MAIN,
+    REGISTRY,
+    REPO,
+    VALUES,
+    VERSIONS,
+    Sandbox,
+    commands,
+    first,
+    helm_install_args,
+    set_values,
+    values_files,
 )
-VALUES = yaml.safe_load((REPO / "chart/values.yaml").read_text())
-
-ECR_IMAGES = [  # lexical order of the tags is the opposite of the push order
-    {"imageTags": ["zz-oldest"], "imagePushedAt": "2025-01-01T10:00:00+00:00"},
-    {"imageTags": ["mm-middle"], "imagePushedAt": "2025-02-01T10:00:00+00:00"},
-    {"imageTags": ["aa-newest"], "imagePushedAt": "2025-03-01T10:00:00+00:00"},
-    {"imagePushedAt": "2025-04-01T10:00:00+00:00"},  # untagged layer push
-]
-REGISTRY = "123456789012.dkr.ecr.us-east-1.amazonaws.com"
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-    calls: list[dict[str, Any]]
-
-
-class Sandbox:
-    """A repository copy, stub state and PATH; `run` executes one script and returns its calls."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.repo = root / "repo"
-        self.bin = root / "bin"
-        self.state_file = root / "state.json"
-        self.log_file = root / "calls.jsonl"
-        self.repo.mkdir()
-        for name in COPIED:
-            src = REPO / name
-            if src.is_dir():
-                shutil.copytree(src, self.repo / name)
-            else:
-                shutil.copy2(src, self.repo / name)
-        self.bin.mkdir()
-        for tool in STUBBED:
-            stub = self.bin / tool
-            stub.write_text(
-                f"#!{sys.executable} -B\nimport sys\nsys.path.insert(0, {str(REPO / 'tests')!r})\n"
-                f"from cli_stubs import main\nmain({tool!r})\n"
-            )
-            stub.chmod(0o755)
-        for tool in UTILITIES:
-            found = shutil.which(tool)
-            assert found, f"{tool} is needed by the scripts and the tests"
-            (self.bin / tool).symlink_to(found)
-        self.state: dict[str, Any] = {
-            "clusters": [],
-            "namespaces": ["default"],
-            "secrets": {},
-            "releases": {},
-            "docker_images": [],
-            "loaded_images": [],
-            "logged_in": [],
-            "builds": [],
-            "image_revisions": {},
-            "applied": [],
-            "rolled_out": [],
-            "ecr_images": [dict(i) for i in ECR_IMAGES],
-            "ecr_repositories": ["airflow-stackexchange"],
-            "docker_daemon": True,
-            "aws_identity": True,
-        }
-        self.save()
-        self.env = {
-            "PATH": str(self.bin),
-            "HOME": str(root),
-            "LANG": "C.UTF-8",
-            "STUB_STATE": str(self.state_file),
-            "STUB_LOG": str(self.log_file),
-        }
-
-    def save(self) -> None:
-        self.state_file.write_text(json.dumps(self.state))
-
-    def load(self) -> dict[str, Any]:
-        self.state = json.loads(self.state_file.read_text())
-        return self.state
-
-    def run(self, script: str, *args: str, stdin: Any = subprocess.DEVNULL, **env: str) -> Result:
-        self.log_file.write_text("")
-        proc = subprocess.run(
-            [str(self.repo / script), *args],
-            env=self.env | env,
-            stdin=stdin,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        calls = [json.loads(line) for line in self.log_file.read_text().splitlines()]
-        self.load()
-        return Result(proc.returncode, proc.stdout, proc.stderr, calls)
-
-    def secret(self, name: str, namespace: str = "airflow") -> dict[str, str]:
-        return self.state["secrets"][f"{namespace}/{name}"]
 
 
 @pytest.fixture
 def sandbox(tmp_path: Path) -> Sandbox:
     return Sandbox(tmp_path)
-
-
-def commands(result: Result) -> list[str]:
-    """Calls as strings without the kube context flags, e.g. 'kubectl create namespace airflow'."""
-    out = []
-    for call in result.calls:
-        args = [a for a in call["args"] if a != "kind-airflow"]
-        args = [a for a in args if a not in ("--context", "--kube-context")]
-        out.append(" ".join([call["tool"], *args]))
-    return out
-
-
-def first(result: Result, prefix: str) -> int:
-    for i, command in enumerate(commands(result)):
-        if command.startswith(prefix):
-            return i
-    raise AssertionError(f"no call starting with {prefix!r} in:\n" + "\n".join(commands(result)))
-
-
-def helm_install_args(result: Result) -> list[str]:
-    calls = [c["args"] for c in result.calls if c["tool"] == "helm" and "upgrade" in c["args"]]
-    assert len(calls) == 1, calls
-    return calls[0]
-
-
-def set_values(args: list[str]) -> dict[str, str]:
-    return dict(
-        args[i + 1].split("=", 1) for i, a in enumerate(args) if a in ("--set", "--set-string")
-    )
-
-
-def values_files(args: list[str]) -> list[str]:
-    return [Path(args[i + 1]).name for i, a in enumerate(args) if a == "--values"]
 
 
 # --- install from ECR -----------------------------------------------------------------------
@@ -188,9 +53,10 @@ def test_fresh_ecr_install_runs_every_step_in_order(sandbox: Sandbox) -> None:
         "kind create cluster --name airflow",
         "docker login --username AWS --password-stdin " + REGISTRY,
         "aws ecr describe-images",
-        f"docker pull {REGISTRY}/airflow-stackexchange:aa-newest",
-        f"kind load docker-image {REGISTRY}/airflow-stackexchange:aa-newest",
+        f"docker pull {REGISTRY}/airflow-stackexchange:{NEWEST_MAIN}",
+        f"kind load docker-image {REGISTRY}/airflow-stackexchange:{NEWEST_MAIN}",
         "kubectl create namespace airflow",
+        "kubectl label namespace airflow --overwrite pod-security.kubernetes.io/enforce=restricted",
         "kubectl --namespace airflow create secret generic airflow-fernet-key",
         "kubectl --namespace airflow apply -f",
         "helm upgrade --install airflow airflow",
@@ -205,7 +71,8 @@ def test_fresh_ecr_install_runs_every_step_in_order(sandbox: Sandbox) -> None:
     assert values_files(args) == ["values.yaml", "values-override-with-persistence.yaml"]
     assert "--reuse-values" not in args and "--wait" not in args
     assert set_values(args)["images.airflow.repository"] == f"{REGISTRY}/airflow-stackexchange"
-    assert set_values(args)["images.airflow.tag"] == "aa-newest"
+    # the newest image built from main: not a newer branch or -dirty build, not the newest name
+    assert set_values(args)["images.airflow.tag"] == NEWEST_MAIN
     # every Deployment/StatefulSet of the release was waited for
     assert len(sandbox.state["rolled_out"]) == 6
     assert sandbox.state["applied"] == [
@@ -214,17 +81,28 @@ def test_fresh_ecr_install_runs_every_step_in_order(sandbox: Sandbox) -> None:
     ]
     # generated secrets are usable and consistent; connections come from the environment
     Fernet(sandbox.secret("airflow-fernet-key")["fernet-key"].encode())
-    password = sandbox.secret("airflow-postgresql-credentials")["postgres-password"]
-    assert len(password) == 32 and password.isalnum()
+    postgres = sandbox.secret("airflow-postgresql-credentials")
+    password, superuser = postgres["password"], postgres["postgres-password"]
+    assert len(password) == len(superuser) == 32 and password.isalnum() and password != superuser
+    # Airflow connects as the database owner `airflow`; the superuser password is not in its URI
     assert sandbox.secret("airflow-metadata-connection")["connection"] == (
-        f"postgresql://postgres:{password}@airflow-postgresql.airflow:5432/postgres?sslmode=disable"
+        f"postgresql://airflow:{password}@airflow-postgresql.airflow:5432/airflow?sslmode=disable"
     )
+    assert sandbox.state["namespace_labels"]["airflow"] == {
+        f"pod-security.kubernetes.io/{mode}": "restricted" for mode in ("enforce", "warn", "audit")
+    }
+    # the host's logs directory is not world-writable: 0770, owned by the pods' uid:gid (50000:0)
+    assert (sandbox.repo / "logs").stat().st_mode & 0o777 == 0o770
+    assert [
+        "sh", "-c", "chown 50000:0 /var/local/airflow/logs && chmod 0770 /var/local/airflow/logs"
+    ] in sandbox.state["node_commands"]  # fmt: skip
     admin = sandbox.secret("airflow-admin-user")["password"]
     assert len(admin) == 24 and admin != "admin"
     assert sandbox.secret("airflow-connections")["AIRFLOW_CONN_AWS_CONN"] == aws_conn
     # no secret value ever appears in the output or on a command line
-    assert password not in result.out + result.err
-    assert not any(password in " ".join(c["args"]) for c in result.calls)
+    for value in (password, superuser):
+        assert value not in result.out + result.err
+        assert not any(value in " ".join(c["args"]) for c in result.calls)
     assert "http://localhost:8080" in result.out and "scripts/upgrade-dags.sh" in result.out
 
 
@@ -246,7 +124,7 @@ def test_every_secret_the_values_reference_is_created(sandbox: Sandbox) -> None:
         VALUES["apiSecretKeySecretName"]: ["api-secret-key"],
         VALUES["jwtSecretName"]: ["jwt-secret"],
         VALUES["data"]["metadataSecretName"]: ["connection"],
-        VALUES["postgresql"]["auth"]["existingSecret"]: ["postgres-password"],
+        VALUES["postgresql"]["auth"]["existingSecret"]: ["password", "postgres-password"],
         "airflow-git-credentials": [
             "GIT_SYNC_USERNAME",
             "GIT_SYNC_PASSWORD",
@@ -295,7 +173,7 @@ def test_a_released_logs_volume_is_freed_for_the_new_claim(sandbox: Sandbox) -> 
     assert not any(
         c["args"][2:3] == ["patch"] for c in sandbox.run("scripts/install-airflow.sh").calls
     )
-    sandbox.state["pv_phase"] = "Released"  # the namespace was deleted by hand, the PV kept
+    sandbox.state["pvs"]["airflow-logs-pv"] = "Released"  # namespace deleted by hand, PV kept
     sandbox.save()
     result = sandbox.run("scripts/install-airflow.sh")
     assert result.code == 0, result.err
@@ -305,9 +183,9 @@ def test_a_released_logs_volume_is_freed_for_the_new_claim(sandbox: Sandbox) -> 
 
 
 def test_a_given_tag_is_used_and_an_unknown_one_refused(sandbox: Sandbox) -> None:
-    result = sandbox.run("scripts/install-airflow-2-ecr.sh", "--tag", "zz-oldest")
+    result = sandbox.run("scripts/install-airflow-2-ecr.sh", "--tag", "v1.0.0")
     assert result.code == 0, result.err
-    assert set_values(helm_install_args(result))["images.airflow.tag"] == "zz-oldest"
+    assert set_values(helm_install_args(result))["images.airflow.tag"] == "v1.0.0"
 
     missing = sandbox.run("scripts/install-airflow-2-ecr.sh", "--tag", "nope")
     assert missing.code == 1
@@ -315,16 +193,17 @@ def test_a_given_tag_is_used_and_an_unknown_one_refused(sandbox: Sandbox) -> Non
     assert not any(c.startswith("helm upgrade") for c in commands(missing))
 
 
-def test_empty_ecr_repository_is_a_clear_error(sandbox: Sandbox) -> None:
-    sandbox.state["ecr_images"] = []
-    sandbox.save()
+def test_no_main_image_in_ecr_is_a_clear_error(sandbox: Sandbox) -> None:
+    sandbox.state["ecr_images"] = [i for i in sandbox.state["ecr_images"] if i is not None][3:]
+    sandbox.save()  # only the branch, -dirty and untagged images are left
     result = sandbox.run("scripts/install-airflow-2-ecr.sh")
     assert result.code == 1
-    assert "no tagged image in ECR repository airflow-stackexchange" in result.err
-    assert "cicd/build-and-push.sh" in result.err
+    assert "no image built from main in ECR repository airflow-stackexchange" in result.err
+    assert "--tag" in result.err
+    assert not any(c.startswith("helm upgrade") for c in commands(result))
 
 
-@pytest.mark.parametrize("tool", STUBBED)
+@pytest.mark.parametrize("tool", ["kind", "kubectl", "helm", "docker", "aws"])
 def test_a_missing_tool_is_named_with_where_to_get_it(sandbox: Sandbox, tool: str) -> None:
     (sandbox.bin / tool).unlink()
     result = sandbox.run("scripts/install-airflow-2-ecr.sh")
@@ -361,7 +240,6 @@ def test_docker_daemon_down_is_a_clear_error(sandbox: Sandbox) -> None:
         ("scripts/install-airflow.sh", (), "kind create cluster --name airflow"),
         ("scripts/upgrade-dags.sh", (), "docker build --file"),
         ("scripts/check-airflow-status.sh", (), "curl -fsS"),
-        ("scripts/complete-cleanup.sh", ("--yes",), "kind get clusters"),
         ("cicd/build-and-push.sh", (), "docker push"),
     ],
 )
@@ -407,7 +285,8 @@ def test_local_install_builds_a_unique_tag_with_the_pinned_versions(sandbox: San
     assert f"AIRFLOW_VERSION={VERSIONS['AIRFLOW_VERSION']}" in build
     assert f"PYTHON_VERSION={VERSIONS['PYTHON_VERSION']}" in build
     tag = set_values(helm_install_args(result))["images.airflow.tag"]
-    assert tag != "latest" and tag.endswith("Z-nogit")  # UTC time + commit (no git here)
+    # where it came from (no git here: local) + UTC time + commit
+    assert tag.startswith("local-") and tag.endswith("Z-nogit")
     assert sandbox.state["loaded_images"] == [f"airflow-stackexchange:{tag}"]
     assert not any(c.startswith("aws") for c in commands(result))
 
@@ -431,7 +310,7 @@ def test_upgrade_dags_rolls_out_a_new_image_with_the_same_values(sandbox: Sandbo
     (sandbox.repo / "dags/edited.py").write_text("# v2\n")
     subprocess.run([*git, "commit", "-qam", "v2"], check=True)
     old_image = f"airflow-stackexchange:20250101T000000Z-{old_revision[:12]}"
-    sandbox.state["image_revisions"][old_image] = old_revision
+    sandbox.state["image_labels"][old_image] = {"org.opencontainers.image.revision": old_revision}
     sandbox.state["releases"]["airflow"]["image"] = old_image
     sandbox.state["rolled_out"] = []
     sandbox.save()
@@ -470,12 +349,19 @@ def test_git_sync_is_off_without_a_repository_and_on_with_one(sandbox: Sandbox) 
 
 def test_env_file_configures_the_scripts(sandbox: Sandbox) -> None:
     env_file = sandbox.root / "my.env"
-    env_file.write_text("NAMESPACE=data-platform\nPERSISTENCE=false\nSTACKEXCHANGE_BUCKET=b1\n")
+    env_file.write_text(
+        "NAMESPACE=data-platform\nPERSISTENCE=false\nSTACKEXCHANGE_BUCKET=b1\n"
+        "REMOTE_LOG_BUCKET=logs-bucket\nREMOTE_LOG_PREFIX=airflow/dev/\n"
+    )
     result = sandbox.run("scripts/install-airflow.sh", "--env-file", str(env_file))
     assert result.code == 0, result.err
     args = helm_install_args(result)
     assert args[args.index("--namespace") + 1] == "data-platform"
-    assert values_files(args) == ["values.yaml"]
+    # without the hostPath volume, task logs go to S3
+    assert values_files(args) == ["values.yaml", "values-remote-logging.yaml"]
+    assert set_values(args)["config.logging.remote_base_log_folder"] == (
+        "s3://logs-bucket/airflow/dev"
+    )
     assert sandbox.state["applied"] == []  # no logs volume without persistence
     assert set_values(args)["env[0].name"] == "STACKEXCHANGE_BUCKET"
     assert set_values(args)["env[0].value"] == "b1"
@@ -483,6 +369,11 @@ def test_env_file_configures_the_scripts(sandbox: Sandbox) -> None:
     env_file.write_text("PERSISTENCE=maybe\n")
     bad = sandbox.run("scripts/install-airflow.sh", "--env-file", str(env_file))
     assert bad.code == 1 and "PERSISTENCE must be true or false" in bad.err
+
+    env_file.write_text("PERSISTENCE=false\n")
+    no_bucket = sandbox.run("scripts/install-airflow.sh", "--env-file", str(env_file))
+    assert no_bucket.code == 1 and "set REMOTE_LOG_BUCKET" in no_bucket.err
+    assert sandbox.state["releases"]["data-platform"]["revision"] == 1  # nothing ran
 
 
 # --- status -----------------------------------------------------------------------------------
@@ -588,7 +479,7 @@ def test_cleanup_with_yes_removes_everything_and_is_safe_to_repeat(sandbox: Sand
 
     again = sandbox.run("scripts/complete-cleanup.sh", "--yes")
     assert again.code == 0, again.err
-    assert "does not exist: nothing to delete there" in again.out
+    assert "Nothing to delete" in again.out
 
 
 # --- image pipeline ------------------------------------------------------------------------------
@@ -621,3 +512,158 @@ def test_every_script_has_help(sandbox: Sandbox) -> None:
         assert result.calls == []
         unknown = sandbox.run(str(rel), "--bogus")
         assert unknown.code == 1 and "unknown argument '--bogus'" in unknown.err, rel
+
+
+# --- hardening and the dev loop ----------------------------------------------------------------
+
+
+def test_credentials_in_the_git_sync_url_are_refused_without_showing_them(
+    sandbox: Sandbox,
+) -> None:
+    result = sandbox.run(
+        "scripts/install-airflow.sh", GIT_SYNC_REPO="https://bot:s3cr3t-token@example.com/d.git"
+    )
+    assert result.code == 1
+    assert "GIT_SYNC_USERNAME and GIT_SYNC_PASSWORD" in result.err and "SSH" in result.err
+    assert "s3cr3t-token" not in result.out + result.err
+    assert result.calls == [] or not any("s3cr3t" in " ".join(c["args"]) for c in result.calls)
+    assert sandbox.state["clusters"] == []
+
+
+def test_git_sync_over_ssh_stores_the_key_in_a_secret(sandbox: Sandbox) -> None:
+    key = sandbox.root / "id_ed25519"
+    key.write_text(
+        "-----BEGIN OPENSSH PRIVATE KEY-----\ntesting\n-----END OPENSSH PRIVATE KEY-----\n"
+    )
+    known_hosts = sandbox.root / "known_hosts"
+    known_hosts.write_text("example.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAItesting\n")
+    repo = "git@example.com:org/dags.git"
+    missing = sandbox.run(
+        "scripts/install-airflow.sh", GIT_SYNC_REPO=repo, GIT_SYNC_SSH_KEY_FILE=str(key)
+    )
+    assert missing.code == 1 and "GIT_SYNC_KNOWN_HOSTS_FILE" in missing.err
+    result = sandbox.run(
+        "scripts/install-airflow.sh",
+        GIT_SYNC_REPO=repo,
+        GIT_SYNC_SSH_KEY_FILE=str(key),
+        GIT_SYNC_KNOWN_HOSTS_FILE=str(known_hosts),
+    )
+    assert result.code == 0, result.err
+    args = helm_install_args(result)
+    values = set_values(args)
+    assert values["dags.gitSync.sshKeySecret"] == "airflow-git-ssh-key"
+    assert "dags.gitSync.credentialsSecret" not in values
+    assert args[args.index("--set-file") + 1] == f"dags.gitSync.knownHosts={known_hosts}"
+    assert sandbox.secret("airflow-git-ssh-key") == {"gitSshKey": key.read_text()}
+    assert "testing" not in result.out + result.err
+
+
+def test_dags_from_the_host_add_the_overlay_and_volume(sandbox: Sandbox) -> None:
+    result = sandbox.run("scripts/install-airflow.sh", DAGS_FROM_HOST="true")
+    assert result.code == 0, result.err
+    assert values_files(helm_install_args(result)) == [
+        "values.yaml", "values-override-with-persistence.yaml", "values-dags-from-host.yaml"
+    ]  # fmt: skip
+    assert "airflow/PersistentVolumeClaim/airflow-dags-pvc" in sandbox.state["applied"]
+    both = sandbox.run("scripts/install-airflow.sh", DAGS_FROM_HOST="true", GIT_SYNC_REPO="x")
+    assert both.code == 1 and "set one of them" in both.err
+    sandbox.state["missing_node_dirs"] = ["/var/local/airflow/dags"]  # a cluster from before
+    sandbox.save()
+    old = sandbox.run("scripts/install-airflow.sh", DAGS_FROM_HOST="true")
+    assert old.code == 1 and "created without the ./dags mount" in old.err
+
+
+def test_upgrade_dags_rebuilds_only_when_dependencies_change(sandbox: Sandbox) -> None:
+    assert sandbox.run("scripts/install-airflow.sh", DAGS_FROM_HOST="true").code == 0
+    builds = len(sandbox.state["builds"])
+    quick = sandbox.run("scripts/upgrade-dags.sh", DAGS_FROM_HOST="true")
+    assert quick.code == 0, quick.err
+    assert "Path: no image build (dependencies unchanged)" in quick.out
+    assert len(sandbox.state["builds"]) == builds
+    assert not any(c.startswith("helm upgrade") for c in commands(quick))
+    assert "deployment/airflow-dag-processor" in sandbox.state["rolled_out"]
+
+    with (sandbox.repo / "requirements.txt").open("a") as requirements:
+        requirements.write("# a new dependency\n")
+    rebuilt = sandbox.run("scripts/upgrade-dags.sh", DAGS_FROM_HOST="true")
+    assert rebuilt.code == 0, rebuilt.err
+    assert "Path: image rebuild (dependencies changed" in rebuilt.out
+    assert len(sandbox.state["builds"]) == builds + 1
+    assert sandbox.state["releases"]["airflow"]["revision"] == 2
+
+    baked = sandbox.run("scripts/upgrade-dags.sh")  # DAGs in the image: always a new image
+    assert "Path: image rebuild (the DAGs are baked into the image" in baked.out
+    assert len(sandbox.state["builds"]) == builds + 2
+
+
+def test_cleanup_dry_run_prints_the_plan_for_what_is_installed(sandbox: Sandbox) -> None:
+    assert sandbox.run("scripts/install-airflow.sh", DAGS_FROM_HOST="true").code == 0
+    before = sandbox.state_file.read_text()
+    result = sandbox.run("scripts/complete-cleanup.sh", "--dry-run")
+    assert result.code == 0, result.err
+    assert sandbox.state_file.read_text() == before and (sandbox.repo / "logs").exists()
+    for step in (
+        "helm --kube-context kind-airflow uninstall airflow",
+        "kubectl --context kind-airflow delete namespace airflow",
+        "kubectl --context kind-airflow delete persistentvolume airflow-logs-pv",
+        "kubectl --context kind-airflow delete persistentvolume airflow-dags-pv",
+        "kind delete cluster --name airflow",
+        "rm -rf",
+    ):
+        assert f"+ {step}" in result.err, step
+    assert "PersistentVolume airflow-dags-pv" in result.out
+    # only read-only queries ran
+    assert all(c.split()[1] in ("version", "--version", "info", "get", "status") for c in
+               commands(result)), commands(result)  # fmt: skip
+
+
+def test_ci_builds_are_tagged_with_where_they_came_from(sandbox: Sandbox) -> None:
+    main = sandbox.run("cicd/build-and-push.sh", GITHUB_REF_NAME="main", GITHUB_REF_TYPE="branch")
+    assert main.code == 0, main.err
+    assert sandbox.state["ecr_images"][-1]["imageTags"][0].startswith("main-")
+    release = sandbox.run("cicd/build-and-push.sh", GITHUB_REF_NAME="v1.2.0", GITHUB_REF_TYPE="tag")
+    assert release.code == 0, release.err
+    assert sandbox.state["ecr_images"][-1]["imageTags"] == ["v1.2.0"]
+    build = sandbox.state["builds"][-1]
+    assert f"BASE_IMAGE=apache/airflow:{VERSIONS['AIRFLOW_VERSION']}-python3.11" in " ".join(build)
+
+
+DIGEST = "sha256:" + "ab" * 32
+CHECKOUT = "https://github.com/actions/checkout"
+
+
+def test_refresh_digests_pins_images_and_actions(sandbox: Sandbox) -> None:
+    airflow = f"apache/airflow:{VERSIONS['AIRFLOW_VERSION']}-python{VERSIONS['PYTHON_VERSION']}"
+    sandbox.state["registry_digests"] = {
+        airflow: DIGEST,
+        "bitnamilegacy/postgresql:14.10.0": "sha256:" + "cd" * 32,
+    }
+    sandbox.state["remote_tags"] = {
+        url: {"refs/tags/v4.2.2": "1" * 40, "refs/tags/v4.2.2^{}": "2" * 40,
+              "refs/tags/v5.6.0": "3" * 40, "refs/tags/v4.3.1": "4" * 40}
+        for url in (CHECKOUT, "https://github.com/actions/setup-python",
+                    "https://github.com/aws-actions/configure-aws-credentials")
+    }  # fmt: skip
+    sandbox.save()
+    workflow = sandbox.repo / ".github/workflows/ci.yml"
+    before = workflow.read_text()
+    dry = sandbox.run("scripts/refresh-digests.sh", "--dry-run")
+    assert dry.code == 0, dry.err
+    assert "pin(s) would change; no file written" in dry.out
+    assert workflow.read_text() == before
+
+    result = sandbox.run("scripts/refresh-digests.sh")
+    assert result.code == 0, result.err
+    assert f"AIRFLOW_BASE_DIGEST={DIGEST}" in (sandbox.repo / "cicd/image-digests.env").read_text()
+    values = yaml.safe_load((sandbox.repo / "chart/values.yaml").read_text())
+    assert values["postgresql"]["image"]["digest"] == "sha256:" + "cd" * 32
+    text = workflow.read_text()
+    assert f"actions/checkout@{'2' * 40} # v4.2.2" in text  # the annotated tag's commit
+    assert f"actions/setup-python@{'3' * 40} # v5.6.0" in text
+    again = sandbox.run("scripts/refresh-digests.sh")
+    assert "Every pin is current." in again.out
+
+    sandbox.state["registry_digests"] = {}
+    sandbox.save()
+    gone = sandbox.run("scripts/refresh-digests.sh")
+    assert gone.code == 1 and f"no digest for {airflow}" in gone.err

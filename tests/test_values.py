@@ -1,6 +1,6 @@
-"""The Helm values (chart/), the Kind config and the logs volume agree with each other and with
-the deployment design. CI has no helm: this checks the values' structure; rendering against the
-real chart is a manual step (README)."""
+"""The Helm values (chart/), the Kind config and the volumes agree with each other and with the
+deployment design. CI has no helm: this checks the values' structure; tests/test_chart_render.py
+renders the real chart when AIRFLOW_CHART_DIR and HELM_BIN are set."""
 
 from __future__ import annotations
 
@@ -10,12 +10,16 @@ from typing import Any
 
 import pytest
 import yaml
+from kubernetes.utils import parse_quantity
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = yaml.safe_load((REPO / "chart/values.yaml").read_text())
 OVERLAY = yaml.safe_load((REPO / "chart/values-override-with-persistence.yaml").read_text())
 KIND = yaml.safe_load((REPO / "kind-config.yaml").read_text())
 PV, PVC = yaml.safe_load_all((REPO / "chart/logs-persistent-volume.yaml").read_text())
+DAGS_PV, DAGS_PVC = yaml.safe_load_all((REPO / "chart/dags-persistent-volume.yaml").read_text())
+DAGS_OVERLAY = yaml.safe_load((REPO / "chart/values-dags-from-host.yaml").read_text())
+REMOTE_LOGS = yaml.safe_load((REPO / "chart/values-remote-logging.yaml").read_text())
 
 # (path in the values, long-running?) for every container the install starts
 COMPONENTS = [
@@ -54,13 +58,11 @@ def lookup(values: dict[str, Any], path: str) -> Any:
 
 
 def cpu(quantity: str | int | float) -> float:
-    text = str(quantity)
-    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+    return float(parse_quantity(quantity))
 
 
 def memory_gi(quantity: str) -> float:
-    number, unit = re.fullmatch(r"(\d+(?:\.\d+)?)(Mi|Gi)", quantity).groups()
-    return float(number) / (1024 if unit == "Mi" else 1)
+    return float(parse_quantity(quantity)) / 2**30
 
 
 DEV = merged(BASE, OVERLAY)
@@ -99,11 +101,17 @@ def test_dags_folder_on_pythonpath_in_every_component() -> None:
     assert env == [{"name": "PYTHONPATH", "value": '{{ include "airflow_dags" . }}'}]
 
 
-def test_postgres_from_the_subchart_with_a_secret_password() -> None:
+def test_postgres_from_the_subchart_airflow_as_database_owner_not_superuser() -> None:
     postgres = BASE["postgresql"]
     assert postgres["enabled"] is True
-    assert postgres["image"] == {"repository": "bitnamilegacy/postgresql", "tag": "14.10.0"}
-    assert set(postgres["auth"]) == {"existingSecret"}
+    image = postgres["image"]
+    assert (image["repository"], image["tag"]) == ("bitnamilegacy/postgresql", "14.10.0")
+    assert image["digest"] == "" or re.fullmatch(r"sha256:[0-9a-f]{64}", image["digest"])
+    assert postgres["auth"] == {
+        "username": "airflow",
+        "database": "airflow",
+        "existingSecret": "airflow-postgresql-credentials",
+    }
     assert BASE["data"] == {"metadataSecretName": "airflow-metadata-connection"}
 
 
@@ -119,9 +127,11 @@ def test_ui_login_uses_a_secret_password_not_admin() -> None:
     assert user["enabled"] is True and user["password"] != "admin"
     job = BASE["createUserJob"]
     assert '--password "$ADMIN_PASSWORD"' in job["args"][-1]
-    (env,) = job["env"]
-    assert env["name"] == "ADMIN_PASSWORD"
-    assert env["valueFrom"]["secretKeyRef"] == {"name": "airflow-admin-user", "key": "password"}
+    env = {e["name"]: e for e in job["env"]}
+    assert env["ADMIN_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "airflow-admin-user",
+        "key": "password",
+    }
 
 
 def test_connections_reach_every_component_from_a_secret() -> None:
@@ -142,11 +152,30 @@ def test_logs_on_the_static_volume() -> None:
     assert "logs" not in BASE  # the base values keep the chart's default (no volume)
 
 
-def test_every_kind_node_mounts_the_host_logs_at_the_volume_path() -> None:
+def test_every_kind_node_mounts_the_host_logs_and_dags_at_the_volume_paths() -> None:
     assert {n["role"] for n in KIND["nodes"]} == {"control-plane", "worker"}
     for node in KIND["nodes"]:
-        mounts = {m["containerPath"]: m["hostPath"] for m in node["extraMounts"]}
-        assert mounts.get(PV["spec"]["hostPath"]["path"]) == "./logs", node["role"]
+        mounts = {m["containerPath"]: m for m in node["extraMounts"]}
+        assert mounts[PV["spec"]["hostPath"]["path"]]["hostPath"] == "./logs", node["role"]
+        dags = mounts[DAGS_PV["spec"]["hostPath"]["path"]]
+        assert dags["hostPath"] == "./dags" and dags["readOnly"] is True, node["role"]
+
+
+def test_dags_from_host_overlay_names_the_claim_that_binds_the_dags_volume() -> None:
+    persistence = DAGS_OVERLAY["dags"]["persistence"]
+    assert persistence == {"enabled": True, "existingClaim": DAGS_PVC["metadata"]["name"]}
+    assert (
+        DAGS_PVC["spec"]["selector"]["matchLabels"].items() <= DAGS_PV["metadata"]["labels"].items()
+    )
+    assert DAGS_PV["spec"]["accessModes"] == DAGS_PVC["spec"]["accessModes"] == ["ReadOnlyMany"]
+    assert "persistence" not in BASE["dags"]  # the base keeps the DAGs baked into the image
+
+
+def test_remote_logging_overlay_uses_aws_conn_and_leaves_the_bucket_to_the_scripts() -> None:
+    logging = REMOTE_LOGS["config"]["logging"]
+    assert logging["remote_logging"] == "True" and logging["remote_log_conn_id"] == "aws_conn"
+    assert logging["remote_base_log_folder"] == ""  # --set-string from REMOTE_LOG_BUCKET/PREFIX
+    assert "logs" not in REMOTE_LOGS  # no volume: the logs go to S3
 
 
 def test_kind_node_image_is_kubernetes_1_29_pinned_by_digest() -> None:
@@ -169,11 +198,14 @@ def test_network_policies_admit_task_pods_to_the_api_server() -> None:
     selectors = [r["podSelector"]["matchLabels"] for r in rules["from"] if "podSelector" in r]
     assert any(s.items() <= worker_pod_labels.items() for s in selectors)
     assert rules["ports"] == [{"port": "{{ .Values.ports.apiServer }}"}]
-    # the database admits Airflow's pods (task pods included) and nothing else
+    # the database admits the components that use it, not the task pods
     postgres = BASE["postgresql"]["networkPolicy"]
     only_from = postgres["ingressRules"]["primaryAccessOnlyFrom"]
-    assert postgres["enabled"] and only_from["enabled"]
-    assert only_from["podSelector"].items() <= worker_pod_labels.items()
+    assert postgres["enabled"] and only_from["enabled"] and "podSelector" not in only_from
+    ((peer,),) = [rule["from"] for rule in only_from["customRules"]]
+    (expression,) = peer["podSelector"]["matchExpressions"]
+    assert expression["key"] == "component" and expression["operator"] == "In"
+    assert "scheduler" in expression["values"] and "worker" not in expression["values"]
 
 
 def test_statsd_on() -> None:
