@@ -9,11 +9,11 @@ events, on exactly the objects those events announce.
    VersionId changed), the run is skipped: that ingest's own events trigger a run, so a mixed
    pair is never processed.
 2. **run_medallion_job**: start the Databricks job `stackexchange_medallion` (or
-   `DATABRICKS_JOB_ID`) on connection `databricks_conn` with the URIs, ETags, VersionIds, site
-   and checksums from the events, and wait for it in the triggerer (deferrable). A failed run
-   fails the task; the log shows the run page URL and each failed Databricks task's error.
-   Retries start a new job run; the job is idempotent (bronze is replaced, silver upserted by
-   `PostId`).
+   `DATABRICKS_JOB_ID`) on connection `databricks_conn` with the objects' identity from the
+   events (URI, ETag, VersionId, size, LastModified, sha256) and the site, and wait for it in
+   the triggerer (deferrable). Any run that does not succeed fails the task; the log shows the
+   run page URL and each failed Databricks task's error. Retries start a new job run; the job
+   is idempotent (bronze is replaced, silver upserted by `PostId`).
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ from local.databricks_standin.notebooks import code_cells
 
 CONTRACT_PARAMETERS = {
     "posts_uri", "users_uri", "site", "posts_sha256", "users_sha256", "posts_etag", "users_etag",
-    "posts_version_id", "users_version_id", "catalog", "schema",
+    "posts_version_id", "users_version_id", "posts_bytes", "users_bytes", "posts_last_modified",
+    "users_last_modified", "catalog", "schema",
 }  # fmt: skip
 
 
@@ -80,6 +81,31 @@ def test_parameters_follow_the_contract(job: Job) -> None:
     assert job.parameters.keys() == CONTRACT_PARAMETERS
     assert job.parameters["catalog"] and job.parameters["schema"]
     assert job.timeout_seconds > 0
+
+
+def test_the_job_declares_every_parameter_the_dag_sends(job: Job) -> None:
+    """What ``job_parameters`` builds from complete events, plus the bundle's own location."""
+    from datetime import UTC, datetime
+
+    from airflow.sdk.api.datamodels._generated import AssetReferenceAssetEventDagRun
+    from airflow.sdk.execution_time.comms import AssetEventDagRunReferenceResult
+    from airflow.sdk.execution_time.context import TriggeringAssetEventsAccessor
+
+    from stackexchange.assets import RAW_POSTS, RAW_USERS
+    from stackexchange.databricks_job import job_parameters
+
+    extra = {"site": "s", "sha256": "a" * 64, "etag": "e", "version_id": "v", "bytes": 8,
+             "last_modified": "2026-12-01T21:30:12+00:00"}  # fmt: skip
+    events = TriggeringAssetEventsAccessor.build(
+        AssetEventDagRunReferenceResult(
+            asset=AssetReferenceAssetEventDagRun(name=asset.name, uri=asset.uri, extra={}),
+            extra={**extra, "uri": asset.uri},
+            source_aliases=[],
+            timestamp=datetime.now(UTC),
+        )
+        for asset in (RAW_POSTS, RAW_USERS)
+    )
+    assert job_parameters(events).keys() | {"catalog", "schema"} == job.parameters.keys()
 
 
 def test_job_name_is_what_the_dag_looks_up(job: Job, monkeypatch: pytest.MonkeyPatch) -> None:

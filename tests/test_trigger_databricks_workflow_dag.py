@@ -14,7 +14,7 @@ import logging
 import re
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -50,10 +50,16 @@ def databricks_conn(databricks_standin: StandIn, monkeypatch: pytest.MonkeyPatch
 
 
 def _put(s3, uri: str, body: bytes) -> dict[str, str]:
-    """Write ``body`` at ``uri``; the object's ETag (unquoted) and VersionId, as announced."""
-    location = urlsplit(uri)
-    response = s3.put_object(Bucket=location.netloc, Key=location.path.lstrip("/"), Body=body)
-    return {"etag": response["ETag"].strip('"'), "version_id": response.get("VersionId")}
+    """Write ``body`` at ``uri``; the object's ETag (unquoted), VersionId and LastModified, as
+    the producer announces them (read back with a HEAD after the write)."""
+    bucket, key = urlsplit(uri).netloc, urlsplit(uri).path.lstrip("/")
+    s3.put_object(Bucket=bucket, Key=key, Body=body)
+    head = s3.head_object(Bucket=bucket, Key=key)
+    return {
+        "etag": head["ETag"].strip('"'),
+        "version_id": head.get("VersionId"),
+        "last_modified": head["LastModified"].astimezone(UTC).isoformat(),
+    }
 
 
 @pytest.fixture
@@ -226,23 +232,33 @@ def test_an_event_naming_a_foreign_object_fails_before_databricks(
     assert "Run submitted" not in out
 
 
+@pytest.mark.parametrize("compared", ["etag", "size and last_modified"])
 def test_bronze_refuses_an_object_replaced_after_the_dag_checked_it(
-    databricks_conn: StandIn, publish, dump: dict[str, Path], run_on_events, capfd
+    databricks_conn: StandIn, publish, dump: dict[str, Path], run_on_events, capfd, compared: str
 ) -> None:
-    """The operator alone (no check before): bronze's own check catches the newer object."""
+    """The operator alone (no check before): bronze's own check catches the newer object, by
+    ETag, or without one (what serverless compares) by size and last_modified."""
     from stackexchange.assets import RAW_POSTS, RAW_USERS
 
     posts = publish(RAW_POSTS, dump["posts"].read_bytes())
     users = publish(RAW_USERS, dump["users"].read_bytes())
     newer = publish(RAW_POSTS, dump["posts"].read_bytes() + b"\n")
+    if compared == "etag":
+        expected = f"announced ETag {posts['etag']}, now ETag {newer['etag']}"
+    else:
+        posts = {**posts, "etag": None, "version_id": None}
+        expected = (
+            f"announced {posts['bytes']} bytes, last modified {posts['last_modified']}, "
+            f"now {newer['bytes']} bytes, last modified {newer['last_modified']}"
+        )
     dag = _dag(job_name="stackexchange_medallion", deferrable=False)
     dag_run = run_on_events(dag, posts, users)
     out = _log(capfd)
     assert _states(dag_run) == {"run_medallion_job": "failed"}
     assert "'task_key': 'bronze_posts'" in out
     assert (
-        f"{RAW_POSTS.uri} was superseded by a newer ingest (announced ETag {posts['etag']}, "
-        f"now ETag {newer['etag']}); its own asset events trigger a run"
+        f"{RAW_POSTS.uri} was superseded by a newer ingest ({expected}); its own asset events "
+        "trigger a run"
     ) in out
 
 
@@ -320,17 +336,18 @@ def _extra(asset, **values: object) -> dict[str, object]:
 
 
 def test_job_parameters_come_from_the_newest_event_of_each_asset() -> None:
-    from datetime import UTC, datetime
-
     from stackexchange.assets import RAW_POSTS, RAW_USERS
     from stackexchange.databricks_job import job_parameters
 
     old, new = datetime(2025, 1, 1, tzinfo=UTC), datetime(2025, 2, 1, tzinfo=UTC)
     events = _events(
-        (RAW_POSTS, _extra(RAW_POSTS, sha256="p2", etag="e2-3", version_id="v2"), new),
-        (RAW_POSTS, _extra(RAW_POSTS, sha256="p1", etag="e1", version_id="v1"), old),
-        (RAW_USERS, _extra(RAW_USERS, sha256="u1", etag="eu", version_id=None), old),
-    )
+        (RAW_POSTS, _extra(RAW_POSTS, sha256="p2", etag="e2-3", version_id="v2", bytes=2048,
+                           last_modified="2025-02-01T00:00:07+00:00"), new),
+        (RAW_POSTS, _extra(RAW_POSTS, sha256="p1", etag="e1", version_id="v1", bytes=1024,
+                           last_modified="2025-01-01T00:00:09+00:00"), old),
+        (RAW_USERS, _extra(RAW_USERS, sha256="u1", etag="eu", version_id=None, bytes=0,
+                           last_modified="2025-01-01T00:00:03+00:00"), old),
+    )  # fmt: skip
     assert job_parameters(events) == {
         "posts_uri": RAW_POSTS.uri,
         "users_uri": RAW_USERS.uri,
@@ -341,29 +358,38 @@ def test_job_parameters_come_from_the_newest_event_of_each_asset() -> None:
         "users_etag": "eu",
         "posts_version_id": "v2",
         "users_version_id": "",
+        "posts_bytes": "2048",
+        "users_bytes": "0",
+        "posts_last_modified": "2025-02-01T00:00:07+00:00",
+        "users_last_modified": "2025-01-01T00:00:03+00:00",
     }
 
 
-def test_events_of_an_older_producer_fall_back_to_sha256_only() -> None:
-    from datetime import UTC, datetime
-
+def test_events_of_older_producers_leave_what_they_lack_empty() -> None:
     from stackexchange.assets import RAW_POSTS, RAW_USERS
     from stackexchange.databricks_job import job_parameters
 
     now = datetime.now(UTC)
-    parameters = job_parameters(
-        _events((RAW_POSTS, _extra(RAW_POSTS), now), (RAW_USERS, _extra(RAW_USERS), now))
+
+    def identity(posts: dict, users: dict) -> dict[str, str]:
+        parameters = job_parameters(_events((RAW_POSTS, posts, now), (RAW_USERS, users, now)))
+        keys = ("etag", "version_id", "bytes", "last_modified")
+        return {f"{p}_{k}": parameters[f"{p}_{k}"] for p in ("posts", "users") for k in keys}
+
+    sha256_only = identity(_extra(RAW_POSTS), _extra(RAW_USERS))
+    assert set(sha256_only.values()) == {""}
+    # Before last_modified: an ETag and a size, no modification time.
+    etag_era = identity(
+        _extra(RAW_POSTS, etag="e1", version_id=None, bytes=8),
+        _extra(RAW_USERS, etag="e2", version_id=None, bytes=9),
     )
-    assert {name: parameters[name] for name in ("posts_sha256", "posts_etag", "users_etag")} == {
-        "posts_sha256": "x",
-        "posts_etag": "",
-        "users_etag": "",
-    }
+    assert etag_era == {
+        "posts_etag": "e1", "posts_version_id": "", "posts_bytes": "8", "posts_last_modified": "",
+        "users_etag": "e2", "users_version_id": "", "users_bytes": "9", "users_last_modified": "",
+    }  # fmt: skip
 
 
 def test_an_event_announcing_another_object_is_refused() -> None:
-    from datetime import UTC, datetime
-
     from airflow.exceptions import AirflowFailException
 
     from stackexchange.assets import RAW_POSTS, RAW_USERS
@@ -380,8 +406,6 @@ def test_an_event_announcing_another_object_is_refused() -> None:
 
 
 def test_job_parameters_name_what_is_missing() -> None:
-    from datetime import UTC, datetime
-
     from airflow.exceptions import AirflowFailException
 
     from stackexchange.assets import RAW_POSTS, RAW_USERS

@@ -5,10 +5,12 @@ The job is defined in the bundle (``notebooks/resources/stackexchange_medallion.
 (``tests/test_job_definition.py`` checks the two agree). ``DATABRICKS_JOB_ID`` overrides the
 name lookup with an explicit job id.
 
-The job processes exactly what the asset events announced: each object's URI, ETag and
-VersionId (and sha256) go to the job, which checks them again before and after reading.
-Events without ``etag`` (from a producer older than this contract) carry sha256 only; they are
-processed with that identity, which nothing can check cheaply (the objects no longer carry it).
+The job processes exactly what the asset events announced: each object's URI, ETag, VersionId,
+size (``bytes``), ``last_modified`` and sha256 go to the job, which checks them again before and
+after reading (by ETag where its compute can read one, else by size and modification time: on
+serverless). Events from an older producer lack ``etag``/``version_id`` or ``bytes``/
+``last_modified``; those parameters are then empty, and what the job cannot compare it does not
+check (sha256 alone cannot be checked cheaply: the objects no longer carry it).
 """
 
 from __future__ import annotations
@@ -28,9 +30,11 @@ log = logging.getLogger(__name__)
 
 CONN_ID = "databricks_conn"
 JOB_NAME = "stackexchange_medallion"
-# What the job needs from each event's extra; `etag` and `version_id` are optional (see above).
+# What the job needs from each event's extra, and the identity it also passes when present
+# (see above); each becomes a job parameter named by prefix and key: posts_uri, users_bytes, ...
 REQUIRED_EXTRA = ("uri", "site", "sha256")
-# Job parameter prefix per asset: posts_uri, users_etag, ...
+IDENTITY_EXTRA = ("etag", "version_id", "bytes", "last_modified")
+# Job parameter prefix per asset.
 PREFIXES = ((RAW_POSTS, "posts"), (RAW_USERS, "users"))
 
 
@@ -74,8 +78,8 @@ def _announced(events: Mapping[Asset, Sequence[Any]], asset: Asset) -> dict[str,
 def job_parameters(events: Mapping[Asset, Sequence[Any]]) -> dict[str, str]:
     """The job parameters for the objects the triggering asset events announce.
 
-    ``{posts,users}_etag`` is empty for sha256-only events, ``_version_id`` when the bucket is
-    not versioned.
+    ``{posts,users}_etag``, ``_bytes`` and ``_last_modified`` are empty when an older producer's
+    event lacks them, ``_version_id`` also when the bucket is not versioned.
     """
     announced = {prefix: _announced(events, asset) for asset, prefix in PREFIXES}
     posts, users = announced["posts"], announced["users"]
@@ -86,11 +90,10 @@ def job_parameters(events: Mapping[Asset, Sequence[Any]]) -> dict[str, str]:
         )
     parameters = {"site": str(posts["site"])}
     for prefix, extra in announced.items():
+        parameters |= {f"{prefix}_{key}": str(extra[key]) for key in ("uri", "sha256")}
         parameters |= {
-            f"{prefix}_uri": str(extra["uri"]),
-            f"{prefix}_sha256": str(extra["sha256"]),
-            f"{prefix}_etag": str(extra.get("etag") or ""),
-            f"{prefix}_version_id": str(extra.get("version_id") or ""),
+            f"{prefix}_{key}": "" if extra.get(key) is None else str(extra[key])
+            for key in IDENTITY_EXTRA
         }
     return parameters
 

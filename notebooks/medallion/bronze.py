@@ -55,7 +55,8 @@ def with_ingestion_metadata(
 ) -> DataFrame:
     """Add the lineage columns: site, the source object as announced, ingestion time (UTC).
 
-    An empty ETag (sha256-only event) or VersionId (unversioned bucket) is recorded as null.
+    An ETag the event lacks (older producer) or an empty VersionId (unversioned bucket) is
+    recorded as null.
     """
     return df.select(
         "*",
