@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 export PYTHONPATH := $(CURDIR)/dags:$(CURDIR)/notebooks:$(CURDIR)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup java test lint fmt bench constraints
+.PHONY: help setup java chromium parse test-fast test lint fmt bench constraints
 
 help: ## List the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -28,9 +28,19 @@ $(VENV)/.installed: $(BIN)/python constraints.txt requirements.txt requirements-
 setup: $(VENV)/.installed ## Create .venv with Airflow and every pinned dependency
 
 java: setup ## Java 17 for PySpark (apt-get when root on Debian/Ubuntu, else how to install it)
-	@$(BIN)/python -c 'from local.stack.prerequisites import ensure_java; ensure_java(print)'
+	@$(BIN)/python -m local.stack.prerequisites java
 
-test: setup java ## Run the whole test suite
+chromium: setup ## Chromium for the browser tests (apt-get when root on Debian, else how to install it)
+	@$(BIN)/python -m local.stack.prerequisites chromium
+
+parse: setup ## Import every DAG file as the DAG processor does: import errors, parse times (s)
+	$(BIN)/python -m local.parse_dags
+
+test-fast: setup ## The tests without Spark, the local stack, a browser or the Kubernetes tooling
+	$(BIN)/pytest -m "not spark and not e2e and not browser and not k8s"
+
+test: setup java ## Run the whole test suite (installs Chromium for the browser tests when it can)
+	@$(BIN)/python -m local.stack.prerequisites chromium || echo "Without chromium the browser tests are skipped (in CI they fail)."
 	$(BIN)/pytest
 
 lint: setup ## ruff lint + format check
@@ -54,27 +64,42 @@ constraints: $(BIN)/python ## Regenerate constraints.txt (Airflow's release-time
 	} > constraints.txt.new && mv constraints.txt.new constraints.txt
 
 # The local stack (local/stack/): everything on 127.0.0.1, pid files and logs in .run/demo.
-.PHONY: demo demo-down
-demo: setup ## Run the whole pipeline on this machine; Airflow UI on :8080 (DEMO_API_PORT)
+.PHONY: demo demo-up demo-run demo-status demo-logs demo-down
+demo: setup ## Start the stack and run the whole pipeline once; Airflow UI on :8080 (DEMO_API_PORT)
+	$(BIN)/python -m local.stack up --run
+
+demo-up: setup ## Start the stack only (DAGs parsed and unpaused, nothing triggered)
 	$(BIN)/python -m local.stack up
+
+demo-run: setup ## Run the pipeline on the running stack; wait for the gold tables and print them
+	$(BIN)/python -m local.stack run
+
+demo-status: setup ## What the stack runs: services, pids, ports, URLs, login, recent DAG runs
+	@$(BIN)/python -m local.stack status
+
+demo-logs: setup ## Follow the stack's logs (SERVICE=scheduler for one; LINES=100 of history)
+	@$(BIN)/python -m local.stack logs --lines $(or $(LINES),40) $(SERVICE)
 
 demo-down: ## Stop everything make demo started (safe when nothing runs)
 	@if [ -x $(BIN)/python ]; then $(BIN)/python -m local.stack down; else echo "Nothing was running."; fi
 
 # Kubernetes (Kind + Helm); configuration in .env (see .env.example). ARGS passes options,
 # e.g. make k8s-install ARGS=--dry-run
-.PHONY: k8s-install k8s-install-ecr k8s-upgrade-dags k8s-status k8s-cleanup image-push
+.PHONY: k8s-install k8s-install-ecr k8s-upgrade-dags k8s-status k8s-cleanup k8s-refresh-digests image-push
 k8s-install: ## Kind cluster + Airflow with a locally built image (scripts/install-airflow.sh)
 	scripts/install-airflow.sh $(ARGS)
 
-k8s-install-ecr: ## Kind cluster + Airflow with the newest image from ECR
+k8s-install-ecr: ## Kind cluster + Airflow with the newest image built from main (ECR)
 	scripts/install-airflow-2-ecr.sh $(ARGS)
 
-k8s-upgrade-dags: ## Rebuild the image with your DAG changes and roll it out
+k8s-upgrade-dags: ## Roll out DAG changes (rebuilds the image only when dependencies changed)
 	scripts/upgrade-dags.sh $(ARGS)
 
 k8s-status: ## Pods, Helm release, API health, DAG import errors, failed task pods
 	scripts/check-airflow-status.sh $(ARGS)
+
+k8s-refresh-digests: ## Re-pin the base/Postgres image digests and the CI actions' commits
+	scripts/refresh-digests.sh $(ARGS)
 
 k8s-cleanup: ## Delete the release, namespace, logs volume and Kind cluster (asks first)
 	scripts/complete-cleanup.sh $(ARGS)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,14 +20,10 @@ import requests
 
 from local.databricks_standin import read_table
 from local.sample_dump import write_site
+from local.services import free_port, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+JOB_TIMEOUT = 3600
 
 
 def _run_job(base: str, token: str, parameters: dict[str, str]) -> tuple[float, str]:
@@ -41,11 +36,13 @@ def _run_job(base: str, token: str, parameters: dict[str, str]) -> tuple[float, 
         f"{base}/api/2.1/jobs/run-now", json={"job_id": job_id, "job_parameters": parameters}
     )
     run_id = run.json()["run_id"]
-    while True:
+
+    def terminated() -> dict | None:
         state = session.get(f"{base}/api/2.1/jobs/runs/get", params={"run_id": run_id}).json()
-        if state["state"]["life_cycle_state"] == "TERMINATED":
-            return time.perf_counter() - started, state["state"].get("result_state", "")
-        time.sleep(0.2)
+        return state["state"] if state["state"]["life_cycle_state"] == "TERMINATED" else None
+
+    final = wait_until(f"job run {run_id} to end", terminated, timeout=JOB_TIMEOUT, interval=0.2)
+    return time.perf_counter() - started, final.get("result_state", "")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -60,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         posts_mb = (work / "dump" / "Posts.xml").stat().st_size / 1e6
         token = secrets.token_hex(16)
         (work / "token").write_text(token)
-        port = _free_port()
+        port = free_port()
         command = [
             sys.executable, "-m", "local.databricks_standin", "--port", str(port),
             "--token-file", str(work / "token"), "--warehouse", str(work / "warehouse"),

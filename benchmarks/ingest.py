@@ -1,43 +1,80 @@
-"""Benchmark the producer's ingest: memory, wall time against a CLI baseline, DAG parse time.
+"""Benchmark the producer's streamed ingest against a CLI baseline, stage by stage; DAG parse time.
 
-Generates a synthetic dump whose Posts.xml is ``--posts-gib`` GiB (and ``--scale`` times that),
-serves it from a local HTTP server, and runs the whole ingest (download, verify, extract,
-validate, upload) in a subprocess against a local moto S3 server. Prints:
+Generates dumps (``local.sample_dump.write_sized_site``: rows repeated from pre-rendered
+templates, Users.xml 1/8 of Posts.xml, the six other members small, packed by the 7z tool at
+``-mx1`` as one solid LZMA2 folder in the real member order; ~5.7x compression, as real dumps),
+serves them with ``tests.http_fixtures.DumpServer`` and uploads to moto's S3 server, all on
+127.0.0.1. Every measurement runs in its own subprocess. The cases: Posts.xml of ``--posts-gib``
+GiB in one archive, the same split into ``{site}-Posts.7z`` + ``{site}-Users.7z``, and with
+``--scale N`` a single archive N times larger. For each case it prints, in seconds:
 
-- peak RSS of the ingest above the interpreter's baseline (target < 256 MB at >= 1 GiB, and
-  < 10% growth for the ``--scale`` times larger dump);
-- wall time against a baseline on the same data: ``curl`` + ``7z x`` + boto3 ``upload_file``
-  (target ratio <= 1.3);
-- each DAG file's parse time against a trivial DAG file in the same process (target <= 1.2).
+- ingest: ``stackexchange.ingest.ingest`` as the DAG task calls it (imports not counted) and its
+  ratio to the baseline (target <= 1.00x);
+- baseline: ``curl`` the archive(s) to disk, ``7zz x`` Posts.xml and Users.xml, boto3
+  ``upload_file`` of both, one after the other;
+- each stage alone on the same data: download (``curl`` to /dev/null from the same server),
+  decompress (py7zr ``extract(targets=…, factory=…)`` into a discarding writer, as
+  ``stackexchange.archive`` streams members), validate (the validator child,
+  ``python -I dags/stackexchange/dump_xml.py NAME < NAME``, on the extracted files) and upload
+  (``upload_file`` of the extracted files);
+- the floors no pipeline beats: its slowest stage, ``max(stage)``, and its work spread over the
+  cores, ``sum(stage CPU seconds) / cores``. CPU seconds are the client's process tree plus the
+  servers' (HTTP server threads, moto), which share the same cores;
+- peak RSS above a bare interpreter that imported the same modules, sampled with psutil every
+  50 ms: the worker process (its baseline: after its imports and the connection lookup), its
+  children (each validator above a bare ``python -I`` that imported dump_xml) and the two
+  together (target <= 256 MiB, growing < 10% from the first case to the ``--scale`` one);
+- peak disk under the worker's own TMPDIR (a fresh directory, sampled with the RSS) against the
+  archive size (target <= archive + 64 MiB);
+- first case only, with the source limited to 10 MB/s: the ingest against curl of the same
+  archive at that rate (target <= 1.15x): with a slow source, the rest hides behind the download.
 
-Usage: ``python -m benchmarks.ingest [--posts-gib 1.0] [--scale 4] [--workdir DIR]``
-Needs the ``7z`` tool: installed with apt-get when run as root on Debian/Ubuntu (package ``7zip``).
+Then each DAG file's parse time against a trivial DAG file (target <= 1.2), the producer's also
+against a DAG with the same Airflow features and none of our code, warm and in a fresh
+interpreter. Wall times depend on the machine's other load: the load average is printed.
+
+Usage: ``python -m benchmarks.ingest [--posts-gib 1] [--scale 4] [--quick] [--workdir DIR]``
+(``--quick``: ~50 MiB cases, a smoke run). Needs ``curl`` and the 7z tool (``make bench``
+installs Debian's ``7zip`` when run as root); scratch space about 3x the largest Posts.xml.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, Any
 
-from local.sample_dump import post_rows, user_rows, write_xml
+from local.sample_dump import pack_7z, pack_split, write_sized_site
+from local.services import DUMMY_AWS_ENV, LOCAL_SOURCE_ENV, MotoS3, aws_conn, s3_client
 from local.stack.prerequisites import ensure_seven_zip
 from local.stack.processes import StackError
 
 REPO = Path(__file__).resolve().parents[1]
 DAGS = REPO / "dags"
+DUMP_XML = DAGS / "stackexchange" / "dump_xml.py"
 SITE = "bench.stackexchange.com"
-GIB = 1 << 30
+BUCKET = "bench"
+MEMBERS = ("Posts.xml", "Users.xml")
+MIB, GIB = 1 << 20, 1 << 30
+QUICK_POSTS_BYTES = 50 * MIB
+SLOW_SOURCE = 10e6  # bytes per second
+SAMPLE_SECONDS = 0.05
+CORES = len(os.sched_getaffinity(0))
+
+
 TRIVIAL_DAG = textwrap.dedent(
     """
     from datetime import datetime
@@ -97,58 +134,34 @@ PRODUCER_FEATURES_DAG = textwrap.dedent(
 REFERENCES = {"produce_data_asset.py": "producer_features_dag.py"}
 
 
-def env_for(moto_url: str, home: Path) -> dict[str, str]:
-    conn = {"conn_type": "aws", "login": "bench", "password": "bench",
-            "extra": {"endpoint_url": moto_url, "region_name": "us-east-1"}}  # fmt: skip
-    return {
+def worker_env(home: Path, s3_url: str | None = None) -> dict[str, str]:
+    """A worker's environment: our code importable, a throwaway Airflow home, ``aws_conn`` at
+    moto, and the producer allowed to read from 127.0.0.1."""
+    env = {
         **os.environ,
+        **DUMMY_AWS_ENV,
+        **LOCAL_SOURCE_ENV,
         "PYTHONPATH": f"{DAGS}:{REPO}",
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW_CONN_AWS_CONN": json.dumps(conn),
-        "STACKEXCHANGE_BUCKET": "bench",
+        "STACKEXCHANGE_BUCKET": BUCKET,
         "STACKEXCHANGE_CHECKSUMS_URL": "none",
-        "AWS_ACCESS_KEY_ID": "bench",
-        "AWS_SECRET_ACCESS_KEY": "bench",
-        "AWS_DEFAULT_REGION": "us-east-1",
     }
+    if s3_url:
+        env["AIRFLOW_CONN_AWS_CONN"] = aws_conn(s3_url)
+    return env
 
 
-def generate(directory: Path, posts_bytes: int, tool: str) -> Path:
-    """A dump whose Posts.xml is at least ``posts_bytes``, packed like the real ones."""
-    directory.mkdir(parents=True, exist_ok=True)
-    sample = directory / "sample.xml"
-    write_xml(sample, "posts", post_rows(2000, 5000, body_words=150))
-    per_row = sample.stat().st_size / 2000
-    sample.unlink()
-    rows = int(posts_bytes / per_row * 1.02) + 1
-    started = time.monotonic()
-    write_xml(directory / "Posts.xml", "posts", post_rows(rows, 50_000, body_words=150))
-    write_xml(directory / "Users.xml", "users", user_rows(50_000))
-    for name in ("Badges", "Comments", "Tags", "Votes"):
-        write_xml(directory / f"{name}.xml", name.lower(), ({"Id": i} for i in range(1, 1000)))
-    archive = directory / f"{SITE}.7z"
-    files = sorted(p.name for p in directory.glob("*.xml"))
-    subprocess.run([tool, "a", "-t7z", "-m0=lzma2", "-mx=1", "-bd", "-bso0", archive.name, *files],
-                   cwd=directory, check=True)  # fmt: skip
-    for name in files:
-        (directory / name).unlink()
-    posts_gib, archive_mib = rows * per_row / GIB, archive.stat().st_size / 2**20
-    print(f"  generated ~{posts_gib:.2f} GiB Posts.xml, archive {archive_mib:.0f} MiB "
-          f"in {time.monotonic() - started:.0f}s")  # fmt: skip
-    return archive
+def mib(count: float) -> str:
+    return f"{count / MIB:,.0f} MiB"
 
 
-def run_worker(mode: str, env: dict[str, str], *args: str) -> dict[str, float]:
-    result = subprocess.run([sys.executable, "-m", "benchmarks.ingest", f"--{mode}", *args],
-                            env=env, capture_output=True, text=True, cwd=REPO)  # fmt: skip
-    if result.returncode != 0:
-        sys.exit(f"{mode} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+def size_label(count: int) -> str:
+    return f"{count / GIB:g} GiB" if count >= GIB else f"{count / MIB:g} MiB"
 
 
 def cpu_seconds() -> float:
-    """User + system CPU of this process and its children (a load-independent cost)."""
+    """User + system CPU of this process and its waited-for children."""
     own, children = (
         resource.getrusage(resource.RUSAGE_SELF),
         resource.getrusage(resource.RUSAGE_CHILDREN),
@@ -156,92 +169,296 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def worker_ingest(base_url: str) -> None:
-    """(subprocess) the whole ingest, as the DAG's task runs it; prints RSS and time as JSON."""
-    import psutil
-    import py7zr  # noqa: F401  # loaded before the baseline: it is part of the interpreter's cost
+def allocated_bytes(directory: Path) -> int:
+    """Disk space the files under ``directory`` take (blocks, not apparent sizes)."""
+    total = 0
+    for root, _dirs, files in os.walk(directory):
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):  # deleted while we walk
+                total += os.stat(os.path.join(root, name)).st_blocks * 512
+    return total
+
+
+# ---------------------------------------------------------------------------- the dumps
+
+
+@dataclass(frozen=True)
+class Dump:
+    """One layout of a generated site, served from ``root`` under ``/stackexchange/``."""
+
+    name: str
+    root: Path
+    archives: dict[str, list[str]]  # archive file name -> the members we take from it
+    rows: dict[str, int]  # member -> rows
+    sizes: dict[str, int]  # member -> bytes
+    archive_bytes: int  # all archives together
+
+    @property
+    def served(self) -> Path:
+        return self.root / "stackexchange"
+
+
+def generate(workdir: Path, posts_bytes: int, layouts: list[str], tool: str) -> list[Dump]:
+    """One site, packed in each of ``layouts`` (``single``: ``{site}.7z`` with all eight
+    members; ``split``: ``{site}-Posts.7z`` and ``{site}-Users.7z``)."""
+    started = time.monotonic()
+    label = size_label(posts_bytes)
+    xml = workdir / f"xml-{label.replace(' ', '')}"
+    rows = write_sized_site(xml, posts_bytes=posts_bytes, users_bytes=posts_bytes // 8)
+    targets = [xml / member for member in MEMBERS]
+    dumps = []
+    for layout in layouts:
+        root = workdir / f"mirror-{layout}-{label.replace(' ', '')}"
+        if layout == "single":
+            archive = pack_7z(list(rows), root / "stackexchange" / f"{SITE}.7z", seven_zip=tool)
+            archives = {archive.name: list(MEMBERS)}
+        else:
+            split = pack_split(targets, root / "stackexchange", SITE, seven_zip=tool)
+            archives = {path.name: [member] for path, member in zip(split, MEMBERS, strict=True)}
+        dumps.append(
+            Dump(
+                f"{layout} {label}",
+                root,
+                archives,
+                {path.name: rows[path] for path in targets},
+                {path.name: path.stat().st_size for path in targets},
+                sum((root / "stackexchange" / name).stat().st_size for name in archives),
+            )
+        )
+    shutil.rmtree(xml)
+    sizes = ", ".join(f"{d.name}: {mib(d.archive_bytes)}" for d in dumps)
+    print(
+        f"  generated Posts.xml {mib(dumps[0].sizes['Posts.xml'])}, Users.xml "
+        f"{mib(dumps[0].sizes['Users.xml'])}; archives {sizes} "
+        f"({time.monotonic() - started:.0f} s)"
+    )
+    return dumps
+
+
+# ---------------------------------------------------------------------------- measuring
+
+
+@dataclass
+class Measured:
+    """One measurement: wall seconds, CPU seconds of the client's process tree and of the
+    servers meanwhile, and what the command printed last (a worker's JSON)."""
+
+    seconds: float
+    cpu: float
+    servers_cpu: float
+    result: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def total_cpu(self) -> float:
+        return self.cpu + self.servers_cpu
+
+    def __add__(self, other: Measured) -> Measured:
+        return Measured(
+            self.seconds + other.seconds, self.cpu + other.cpu, self.servers_cpu + other.servers_cpu
+        )
+
+
+class Servers:
+    """CPU seconds of the servers: the HTTP server's threads (in this process, which otherwise
+    only waits for the measured command) and moto's process."""
+
+    def __init__(self, moto: MotoS3) -> None:
+        import psutil
+
+        self.moto = next(c for c in psutil.Process().children() if c.cmdline() == moto.command)
+
+    def cpu(self) -> float:
+        times = self.moto.cpu_times()
+        return time.process_time() + times.user + times.system
+
+
+class MeasureFailed(RuntimeError):
+    """A measured command failed or did the wrong work; the message says which and how."""
+
+
+def measure(
+    command: list[str], env: dict[str, str], servers: Servers, stdin: IO[bytes] | None = None
+) -> Measured:
+    """Run ``command``; its wall and CPU time (``wait4``: the whole process tree). A worker
+    that reports ``seconds``/``cpu`` in its JSON (its timed part alone) overrides them."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        servers_before, started = servers.cpu(), time.monotonic()
+        process = subprocess.Popen(command, env=env, cwd=REPO, stdin=stdin, stdout=out, stderr=err)
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        seconds = time.monotonic() - started
+        servers_cpu = servers.cpu() - servers_before
+        out.seek(0)
+        err.seek(0)
+        lines = out.read().decode(errors="replace").strip().splitlines()
+        if process.returncode != 0:
+            tail = err.read().decode(errors="replace")[-2500:]
+            raise MeasureFailed(f"{' '.join(command[:4])} … exited {process.returncode}:\n{tail}")
+    result = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {}
+    return Measured(
+        result.get("seconds", seconds),
+        result.get("cpu", usage.ru_utime + usage.ru_stime),
+        servers_cpu,
+        result,
+    )
+
+
+def worker(name: str, spec: dict[str, Any]) -> list[str]:
+    """The command that runs ``worker_<name>(spec)`` in a fresh interpreter."""
+    return [sys.executable, "-m", "benchmarks.ingest", "--worker", name, json.dumps(spec)]
+
+
+def run_worker(name: str, env: dict[str, str], spec: dict[str, Any]) -> dict[str, Any]:
+    """(parse benchmark) run a worker to the end, unmeasured; its JSON result."""
+    result = subprocess.run(worker(name, spec), env=env, capture_output=True, text=True, cwd=REPO)
+    if result.returncode != 0:
+        sys.exit(f"{name} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------- the workers
+
+
+# The validator's interpreter with dump_xml's imports done, not run: its RSS (as psutil reads it).
+BARE_VALIDATOR = (
+    "import os, runpy, sys; runpy.run_path(sys.argv[1]); "
+    "print(int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE'))"
+)
+
+
+class PeakSampler:
+    """On a thread, every ``SAMPLE_SECONDS``: the RSS of this process and of its descendants,
+    and the disk used under ``directory``; keeps the peaks above the baselines. psutil finds
+    descendants by scanning all of /proc (~5 ms), so the list is refreshed every 10th sample
+    only: a validator child lives as long as its member streams. A child still showing our
+    command line is between fork and exec (sharing our pages): it is skipped."""
+
+    def __init__(self, directory: Path, child_baseline: int) -> None:
+        import psutil
+
+        self.directory, self.child_baseline = directory, child_baseline
+        self.process = psutil.Process()
+        self.baseline = self.process.memory_info().rss
+        self.peak = dict.fromkeys(("worker", "children", "together", "disk"), 0)
+        self.children_seen: set[int] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="peak-sampler", daemon=True)
+
+    def __enter__(self) -> PeakSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        import psutil
+
+        children: list[psutil.Process] = []
+        for tick in range(sys.maxsize):
+            if tick % 10 == 0:
+                children = [c for c in self.process.children(recursive=True) if self._exec(c)]
+                self.children_seen.update(c.pid for c in children)
+            above_children = 0
+            for child in children:
+                with contextlib.suppress(psutil.Error):  # it ended since the last refresh
+                    above_children += max(child.memory_info().rss - self.child_baseline, 0)
+            worker = self.process.memory_info().rss - self.baseline
+            sample = {
+                "worker": worker,
+                "children": above_children,
+                "together": worker + above_children,
+                "disk": allocated_bytes(self.directory),
+            }
+            self.peak = {name: max(self.peak[name], value) for name, value in sample.items()}
+            if self._stop.wait(SAMPLE_SECONDS):
+                return
+
+    def _exec(self, child: Any) -> bool:
+        import psutil
+
+        try:
+            return child.cmdline() != self.process.cmdline()
+        except psutil.Error:
+            return False
+
+
+def worker_ingest(spec: dict[str, Any]) -> None:
+    """The whole ingest, as the DAG's task calls it; prints time, CPU, peaks and the extras."""
+    import psutil  # noqa: F401  # the sampler's: part of the interpreter, not the ingest
     from airflow.models.connection import Connection
-    from airflow.providers.amazon.aws.hooks.s3 import S3Hook  # noqa: F401
 
-    from stackexchange import archive, ingest, s3_publish
+    from stackexchange import dump_xml, ingest
 
-    phases = {"extract": 0.0, "publish": 0.0}
-    for module, name in ((archive, "extract"), (s3_publish, "publish")):
-        setattr(module, name, _timed(getattr(module, name), phases, name))
     # The first connection lookup configures Airflow's ORM (~1.2 s here), as any hook does once
     # per task process; that is the interpreter's cost too, not the ingest's.
     Connection.get_connection_from_secrets("aws_conn")
-    baseline = psutil.Process().memory_info().rss
-    started, cpu_before = time.monotonic(), cpu_seconds()
-    ingest.ingest(SITE, base_url, "aws_conn", ingest_id=f"bench-{time.time()}")
-    seconds = time.monotonic() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"seconds": seconds, "baseline": baseline, "peak": peak,
-                      "cpu": cpu_seconds() - cpu_before, **phases}))  # fmt: skip
+    bare = subprocess.run(
+        [sys.executable, "-I", "-c", BARE_VALIDATOR, dump_xml.__file__],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    with PeakSampler(Path(tempfile.gettempdir()), int(bare.stdout)) as sampler:
+        started, cpu_before = time.monotonic(), cpu_seconds()
+        extras = ingest.ingest(SITE, spec["base_url"], "aws_conn", f"bench-{time.time()}")
+        seconds, cpu = time.monotonic() - started, cpu_seconds() - cpu_before
+    peak = {**sampler.peak, "children_seen": len(sampler.children_seen)}
+    print(json.dumps({"seconds": seconds, "cpu": cpu, "peak": peak, "extras": extras}))
 
 
-def _timed(function, phases: dict[str, float], name: str):
-    """``function``, adding the seconds each call takes to ``phases[name]``."""
-
-    def timed(*args, **kwargs):
-        started = time.monotonic()
-        try:
-            return function(*args, **kwargs)
-        finally:
-            phases[name] += time.monotonic() - started
-
-    return timed
-
-
-def worker_baseline(url: str, workdir: str, tool: str) -> None:
-    """(subprocess) curl + 7z x + boto3 upload_file of both files; prints phase times."""
-    import boto3
-
-    work = Path(workdir)
+def worker_baseline(spec: dict[str, Any]) -> None:
+    """curl each archive to disk, 7z x the members, boto3 upload_file each; phase times."""
+    work = Path(spec["work"])
     times: dict[str, float] = {}
     started, cpu_before = time.monotonic(), cpu_seconds()
-    subprocess.run(["curl", "-sS", "-f", "-o", str(work / "a.7z"), url], check=True)
+    for url in spec["archives"]:
+        target = work / url.rpartition("/")[2]
+        subprocess.run(["curl", "-sS", "-f", "-o", str(target), url], check=True)
     times["download"] = time.monotonic() - started
-    subprocess.run([tool, "x", "-y", "-bd", "-bso0", f"-o{work}", str(work / "a.7z"),
-                    "Posts.xml", "Users.xml"], check=True)  # fmt: skip
+    for url, members in spec["archives"].items():
+        archive = work / url.rpartition("/")[2]
+        subprocess.run(
+            [spec["tool"], "x", "-y", "-bd", "-bso0", "-bsp0", f"-o{work}", str(archive), *members],
+            check=True,
+        )
     times["extract"] = time.monotonic() - started - times["download"]
-    client = boto3.client("s3", endpoint_url=json.loads(os.environ["AIRFLOW_CONN_AWS_CONN"])[
-        "extra"]["endpoint_url"])  # fmt: skip
-    for name in ("Posts.xml", "Users.xml"):
-        client.upload_file(str(work / name), "bench", f"baseline/{name}")
+    client = s3_client(spec["s3_url"])
+    for member in MEMBERS:
+        client.upload_file(str(work / member), BUCKET, f"baseline/{member}")
     times["seconds"] = time.monotonic() - started
     times["upload"] = times["seconds"] - times["download"] - times["extract"]
     times["cpu"] = cpu_seconds() - cpu_before
-    times.update(floor_parts(work / "a.7z", [work / "Posts.xml", work / "Users.xml"]))
     print(json.dumps(times))
 
 
-class _Discard:
-    def write(self, data: bytes | bytearray) -> int:
-        return len(data)
+def worker_decompress(spec: dict[str, Any]) -> None:
+    """py7zr decompresses the members into a discarding writer: decompression alone."""
+    import py7zr
+    import py7zr.io
 
-    def close(self) -> None:
-        return None
-
-
-def floor_parts(archive_path: Path, files: list[Path]) -> dict[str, float]:
-    """The two steps our ingest adds to the baseline, each alone on the same data: py7zr
-    decompression (discarding the bytes) and the streaming XML validation of the files."""
-    from stackexchange import archive, dump_xml
-
-    started = time.monotonic()
-    archive.extract(archive_path, [f.name for f in files], lambda _name: _Discard())
-    decompress = time.monotonic() - started
-    started = time.monotonic()
-    for path in files:
-        with path.open("rb") as stream:  # parse only: the sha256 could run on another core
-            dump_xml.validate_stream(stream, path.name, digest=False)
-    return {"py7zr": decompress, "validate": time.monotonic() - started}
+    started, cpu_before = time.monotonic(), cpu_seconds()
+    for path, members in spec["archives"].items():
+        with py7zr.SevenZipFile(path) as archive:
+            archive.extract(targets=members, factory=py7zr.io.NullIOFactory())
+    print(json.dumps({"seconds": time.monotonic() - started, "cpu": cpu_seconds() - cpu_before}))
 
 
-def worker_parse(trivial: str, repeats: int) -> None:
+def worker_upload(spec: dict[str, Any]) -> None:
+    """boto3 upload_file of the extracted members: the upload alone."""
+    started, cpu_before = time.monotonic(), cpu_seconds()
+    client = s3_client(spec["s3_url"])
+    for path in spec["files"]:
+        client.upload_file(path, BUCKET, f"upload/{Path(path).name}")
+    print(json.dumps({"seconds": time.monotonic() - started, "cpu": cpu_seconds() - cpu_before}))
+
+
+def worker_parse(spec: dict[str, Any]) -> None:
     """(subprocess) median parse time of each DAG file and of a trivial one, same process."""
     from airflow.models.dagbag import DagBag
+
+    trivial, repeats = spec["trivial"], spec["repeats"]
 
     references = [Path(trivial).with_name(name) for name in REFERENCES.values()]
     files = [Path(trivial), *references, *sorted(DAGS.glob("*.py"))]
@@ -271,77 +488,245 @@ def worker_parse(trivial: str, repeats: int) -> None:
     print(json.dumps({"medians": medians, "trivial": Path(trivial).name, "heavy": loaded_by}))
 
 
-def start_moto(env: dict[str, str]) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
-                                "-p", str(port)], env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    import boto3
-    import botocore.exceptions
-
-    client = boto3.client("s3", endpoint_url=url, region_name="us-east-1",
-                          aws_access_key_id="bench", aws_secret_access_key="bench")  # fmt: skip
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            client.create_bucket(Bucket="bench")
-            return process, url
-        except botocore.exceptions.EndpointConnectionError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                sys.exit("moto server did not start")
-            time.sleep(0.2)
+WORKERS = {
+    "ingest": worker_ingest,
+    "baseline": worker_baseline,
+    "decompress": worker_decompress,
+    "upload": worker_upload,
+    "parse": worker_parse,
+}
 
 
-def bench_size(posts_gib: float, workdir: Path, tool: str) -> dict[str, float]:
+# ---------------------------------------------------------------------------- one case
+
+
+def clear_bucket(moto: MotoS3) -> None:
+    """Delete every object and open multipart upload: moto holds them in memory and in temp
+    files, and the next ingest must not find the previous one's pair."""
+    client = moto.client()
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
+        for item in page.get("Contents", []):
+            client.delete_object(Bucket=BUCKET, Key=item["Key"])
+    for upload in client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []):
+        client.abort_multipart_upload(Bucket=BUCKET, Key=upload["Key"], UploadId=upload["UploadId"])
+
+
+def run_ingest(dump: Dump, base_url: str, env: dict[str, str], servers: Servers) -> Measured:
+    """The ingest worker with a fresh TMPDIR; checks the rows it published."""
+    tmpdir = Path(tempfile.mkdtemp(prefix="ingest-tmpdir-"))
+    try:
+        run = measure(
+            worker("ingest", {"base_url": base_url}), {**env, "TMPDIR": str(tmpdir)}, servers
+        )
+        if left := allocated_bytes(tmpdir):
+            print(f"  note: the ingest left {mib(left)} in its TMPDIR")
+    finally:
+        shutil.rmtree(tmpdir)
+    published = {Path(extra["uri"]).name: extra["rows"] for extra in run.result["extras"]}
+    if published != dump.rows:
+        raise MeasureFailed(f"the ingest published rows {published}; the dump holds {dump.rows}")
+    return run
+
+
+def validate_alone(dump: Dump, extracted: Path, env: dict[str, str], servers: Servers) -> Measured:
+    """The validator child's CLI on each extracted member, one after the other."""
+    runs = []
+    for member in MEMBERS:
+        path = extracted / member
+        if not path.is_file():
+            raise MeasureFailed(f"{path} is missing: the baseline did not extract it")
+        with path.open("rb") as stdin:
+            run = measure([sys.executable, "-I", str(DUMP_XML), member], env, servers, stdin)
+        if run.result.get("rows") != dump.rows[member]:
+            raise MeasureFailed(
+                f"{member}: the validator says {run.result}, the dump holds "
+                f"{dump.rows[member]} rows"
+            )
+        runs.append(run)
+    return runs[0] + runs[1]
+
+
+def bench_case(dump: Dump, workdir: Path, tool: str, *, slow_source: bool) -> dict[str, Any]:
+    """Every measurement of one dump against one moto server and one HTTP server."""
     from tests.http_fixtures import DumpServer
 
-    print(f"\n== dump with Posts.xml >= {posts_gib:g} GiB")
-    mirror = workdir / f"mirror-{posts_gib:g}"
-    archive = generate(mirror / "stackexchange", int(posts_gib * GIB), tool)
+    print(
+        f"\n== {dump.name}: archive(s) {', '.join(dump.archives)}: {mib(dump.archive_bytes)}; "
+        f"load average {os.getloadavg()[0]:.1f} on {CORES} cores"
+    )
     home = workdir / "airflow-home"
     home.mkdir(exist_ok=True)
-    moto, moto_url = start_moto(env_for("http://unused", home))
-    env = env_for(moto_url, home)
-    try:
-        with DumpServer(mirror) as server:
-            base = f"{server.url}/stackexchange"
-            ours = run_worker("worker-ingest", env, base)
-            scratch = workdir / "baseline"
-            scratch.mkdir(exist_ok=True)
-            base_times = run_worker("worker-baseline", env, f"{base}/{archive.name}",
-                                    str(scratch), tool)  # fmt: skip
-            shutil.rmtree(scratch)
-    finally:
-        moto.terminate()
-        moto.wait(timeout=30)
-        shutil.rmtree(mirror, ignore_errors=True)
-    above = (ours["peak"] - ours["baseline"]) / 2**20
-    ratio = ours["seconds"] / base_times["seconds"]
-    rest = ours["seconds"] - ours["extract"] - ours["publish"]
-    print(f"  ingest:   {ours['seconds']:.1f}s (extract while validating {ours['extract']:.1f}s, "
-          f"upload {ours['publish']:.1f}s, the rest {rest:.1f}s), peak RSS {above:.0f} MB above "
-          f"the interpreter baseline ({ours['baseline'] / 2**20:.0f} MB)")  # fmt: skip
-    phases = {k: f"{base_times[k]:.1f}s" for k in ("download", "extract", "upload")}
-    print(f"  baseline: {base_times['seconds']:.1f}s (curl {phases['download']}, "
-          f"7z x {phases['extract']}, upload_file {phases['upload']})")  # fmt: skip
-    print(f"  wall-time ratio ingest/baseline: {ratio:.2f} (target <= 1.30)")
-    # Nothing may be uploaded before both files validated, so no design beats the download, then
-    # decompression and validation perfectly overlapped (one core each), then the upload.
-    floor = base_times["download"] + max(base_times["py7zr"], base_times["validate"]) + base_times[
-        "upload"]  # fmt: skip
-    print(f"  floor for any ingest that uploads after validating: {floor:.1f}s = curl "
-          f"{phases['download']} + max(py7zr alone {base_times['py7zr']:.1f}s, XML validation "
-          f"alone {base_times['validate']:.1f}s) + upload_file {phases['upload']} -> ratio >= "
-          f"{floor / base_times['seconds']:.2f}")  # fmt: skip
-    print(f"  CPU seconds: ingest {ours['cpu']:.1f}, baseline {base_times['cpu']:.1f} "
-          f"(ratio {ours['cpu'] / base_times['cpu']:.2f}; wall time also depends on other load: "
-          f"load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")  # fmt: skip
-    print(f"  peak RSS above baseline: {above:.0f} MB (target < 256 MB)")
-    return {"above_mb": above, "ratio": ratio}
+    extracted = workdir / "extracted"
+    extracted.mkdir()
+    runs: dict[str, Measured] = {}
+    failed: dict[str, str] = {}
+    with MotoS3() as moto, DumpServer(dump.root) as server:
+        moto.create_bucket(BUCKET)
+        servers = Servers(moto)
+        env = worker_env(home, moto.url)
+        base_url = f"{server.url}/stackexchange"
+        urls = {f"{base_url}/{name}": members for name, members in dump.archives.items()}
+        curl = ["curl", "-sS", "-f"]
+        for url in urls:
+            curl += [url, "-o", os.devnull]
+        steps = {
+            "ingest": lambda: run_ingest(dump, base_url, env, servers),
+            "baseline": lambda: measure(
+                worker(
+                    "baseline",
+                    {"archives": urls, "work": str(extracted), "tool": tool, "s3_url": moto.url},
+                ),
+                env,
+                servers,
+            ),
+            "download": lambda: measure(curl, env, servers),
+            "decompress": lambda: measure(
+                worker(
+                    "decompress",
+                    {
+                        "archives": {
+                            str(dump.served / name): members
+                            for name, members in dump.archives.items()
+                        }
+                    },
+                ),
+                env,
+                servers,
+            ),
+            "validate": lambda: validate_alone(dump, extracted, env, servers),
+            "upload": lambda: measure(
+                worker(
+                    "upload", {"files": [str(extracted / m) for m in MEMBERS], "s3_url": moto.url}
+                ),
+                env,
+                servers,
+            ),
+        }
+        if slow_source:
+            steps["slow download"] = lambda: measure(curl, env, servers)
+            steps["slow ingest"] = lambda: run_ingest(dump, base_url, env, servers)
+        for name, step in steps.items():
+            server.faults.bytes_per_second = SLOW_SOURCE if name.startswith("slow") else 0
+            try:
+                runs[name] = step()
+            except MeasureFailed as exc:
+                failed[name] = str(exc)
+            finally:
+                clear_bucket(moto)
+    shutil.rmtree(extracted)
+    report_case(dump, runs, failed)
+    return {"dump": dump, "runs": runs, "failed": failed}
+
+
+# ---------------------------------------------------------------------------- reporting
+
+
+STAGES = {
+    "download": "alone: download (curl > /dev/null)",
+    "decompress": "alone: decompress (py7zr, discarded)",
+    "validate": "alone: validate (dump_xml.py child)",
+    "upload": "alone: upload (upload_file)",
+}
+
+
+def floors(runs: dict[str, Measured]) -> tuple[float, float] | None:
+    """``max(stage wall)`` and ``sum(stage CPU) / cores``; None unless every stage ran."""
+    if any(stage not in runs for stage in STAGES):
+        return None
+    stages = [runs[stage] for stage in STAGES]
+    return max(s.seconds for s in stages), sum(s.total_cpu for s in stages) / CORES
+
+
+def report_case(dump: Dump, runs: dict[str, Measured], failed: dict[str, str]) -> None:
+    def row(label: str, run: Measured | None, note: str = "") -> None:
+        if run is None:
+            print(f"  {label:<40} {'—':>7}")
+            return
+        print(
+            f"  {label:<40} {run.seconds:7.1f} {run.total_cpu:7.1f} "
+            f"{f'({run.servers_cpu:.1f})':>9}   {note}".rstrip()
+        )
+
+    print(f"  {'step':<40} {'wall s':>7} {'CPU s':>7} {'(servers)':>9}")
+    ingest, baseline = runs.get("ingest"), runs.get("baseline")
+    ratio = ""
+    if ingest and baseline:
+        ratio = f"{ingest.seconds / baseline.seconds:.2f}x baseline (target <= 1.00x)"
+    row("ingest (streamed)", ingest, ratio)
+    phases = ""
+    if baseline:
+        phases = " + ".join(f"{baseline.result[p]:.1f}" for p in ("download", "extract", "upload"))
+        phases = f"= curl + 7z x + upload: {phases}"
+    row("baseline: curl, 7z x, upload_file", baseline, phases)
+    for stage, label in STAGES.items():
+        row(label, runs.get(stage))
+    if bounds := floors(runs):
+        slowest, spread = bounds
+        print(f"  {'floor: max(stage)':<40} {slowest:7.1f}")
+        print(f"  {f'floor: sum(stage CPU) / {CORES} cores':<40} {spread:7.1f}")
+        if ingest:
+            print(f"  ingest / floor: {ingest.seconds / max(bounds):.2f}x")
+    slow_ingest, slow_download = runs.get("slow ingest"), runs.get("slow download")
+    if slow_ingest and slow_download:
+        print(
+            f"  source at {SLOW_SOURCE / 1e6:g} MB/s ({mib(dump.archive_bytes)}): ingest "
+            f"{slow_ingest.seconds:.1f} s, curl alone {slow_download.seconds:.1f} s -> "
+            f"{slow_ingest.seconds / slow_download.seconds:.2f}x (target <= 1.15x)"
+        )
+    if ingest:
+        peak = ingest.result["peak"]
+        print(
+            f"  peak RSS above a bare interpreter: worker {mib(peak['worker'])} + "
+            f"{peak['children_seen']} validator children {mib(peak['children'])}, together "
+            f"{mib(peak['together'])} "
+            "(target <= 256 MiB)"
+        )
+        print(
+            f"  peak disk in the worker's TMPDIR: {mib(peak['disk'])}, archive "
+            f"{mib(dump.archive_bytes)}: {disk_over(ingest, dump)} (target <= +64 MiB)"
+        )
+    for name, message in failed.items():
+        print(f"  {name} FAILED: {message}")
+
+
+def disk_over(ingest: Measured, dump: Dump) -> str:
+    return f"{(ingest.result['peak']['disk'] - dump.archive_bytes) / MIB:+,.0f} MiB"
+
+
+def report_summary(cases: list[dict[str, Any]]) -> None:
+    print(
+        "\n== summary (targets: ingest <= 1.00x baseline, RSS <= 256 MiB, disk <= archive + 64 MiB)"
+    )
+    print(
+        f"  {'case':<16} {'ingest s':>8} {'baseline s':>10} {'ratio':>6} {'floor s':>8} "
+        f"{'RSS MiB':>8} {'disk vs archive':>16}"
+    )
+    for case in cases:
+        runs, dump = case["runs"], case["dump"]
+        ingest, baseline, bounds = runs.get("ingest"), runs.get("baseline"), floors(runs)
+        cells = [
+            f"{ingest.seconds:.1f}" if ingest else "failed",
+            f"{baseline.seconds:.1f}" if baseline else "failed",
+            f"{ingest.seconds / baseline.seconds:.2f}" if ingest and baseline else "—",
+            f"{max(bounds):.1f}" if bounds else "—",
+            f"{ingest.result['peak']['together'] / MIB:.0f}" if ingest else "—",
+            disk_over(ingest, dump) if ingest else "—",
+        ]
+        print(
+            f"  {dump.name:<16} {cells[0]:>8} {cells[1]:>10} {cells[2]:>6} {cells[3]:>8} "
+            f"{cells[4]:>8} {cells[5]:>16}"
+        )
+
+
+def report_growth(small: dict[str, Any], large: dict[str, Any]) -> None:
+    if "ingest" not in small["runs"] or "ingest" not in large["runs"]:
+        return
+    before = small["runs"]["ingest"].result["peak"]["together"]
+    after = large["runs"]["ingest"].result["peak"]["together"]
+    print(
+        f"  peak RSS growth {small['dump'].name} -> {large['dump'].name}: "
+        f"{100 * (after - before) / max(before, 1):+.1f}% (target < 10%)"
+    )
 
 
 COLD_PARSE = """
@@ -373,7 +758,7 @@ def bench_parse(workdir: Path, repeats: int) -> None:
     (workdir / REFERENCES["produce_data_asset.py"]).write_text(PRODUCER_FEATURES_DAG)
     home = workdir / "airflow-home"
     home.mkdir(exist_ok=True)
-    result = run_worker("worker-parse", env_for("http://unused", home), str(trivial), str(repeats))
+    result = run_worker("parse", worker_env(home), {"trivial": str(trivial), "repeats": repeats})
     base = result["medians"][result["trivial"]]
     medians = result["medians"]
     for path in sorted(DAGS.glob("*.py")):
@@ -386,10 +771,10 @@ def bench_parse(workdir: Path, repeats: int) -> None:
                   f"{seconds / medians[reference]:.2f}")  # fmt: skip
         if result["heavy"].get(path.name):
             print(f"    its first parse imported: {', '.join(result['heavy'][path.name])}")
-    env = env_for("http://unused", home)
     dags = sorted(DAGS.glob("*.py"))
-    cold = cold_parse([trivial, *dags], env, 9)
-    print("  cold (fresh interpreter, airflow.sdk pre-imported, median of 9):")
+    cold_repeats = min(repeats, 9)
+    cold = cold_parse([trivial, *dags], worker_env(home), cold_repeats)
+    print(f"  cold (fresh interpreter, airflow.sdk pre-imported, median of {cold_repeats}):")
     for path in dags:
         print(f"    {path.name}: {cold[path.name] * 1000:.0f} ms vs trivial "
               f"{cold[trivial.name] * 1000:.0f} ms -> ratio "
@@ -399,36 +784,63 @@ def bench_parse(workdir: Path, repeats: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--posts-gib", type=float, default=1.0, help="Posts.xml size (GiB)")
-    parser.add_argument("--scale", type=float, default=4.0,
-                        help="also run a dump this many times larger (1 = skip)")  # fmt: skip
-    parser.add_argument("--parse-repeats", type=int, default=30)
-    parser.add_argument("--workdir", type=Path, default=None, help="scratch space (needs ~2x dump)")
-    parser.add_argument("--worker-ingest", nargs=1, help=argparse.SUPPRESS)
-    parser.add_argument("--worker-baseline", nargs=3, help=argparse.SUPPRESS)
-    parser.add_argument("--worker-parse", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=None,
+        help="also a single archive this many times larger (default 4; 1 = skip)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: ~50 MiB Posts.xml, no scaled case, 3 parse repeats",
+    )
+    parser.add_argument("--parse-repeats", type=int, default=None, help="default 30")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="scratch space (default: the system's temp directory)",
+    )
+    parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.worker_ingest:
-        return worker_ingest(*args.worker_ingest)
-    if args.worker_baseline:
-        return worker_baseline(*args.worker_baseline)
-    if args.worker_parse:
-        return worker_parse(args.worker_parse[0], int(args.worker_parse[1]))
-
+    if args.worker:
+        return WORKERS[args.worker[0]](json.loads(args.worker[1]))
+    scale = args.scale if args.scale is not None else (1.0 if args.quick else 4.0)
+    repeats = args.parse_repeats or (3 if args.quick else 30)
+    if args.posts_gib <= 0 or scale < 1:
+        parser.error("--posts-gib must be > 0 and --scale >= 1")
+    if not shutil.which("curl"):
+        sys.exit("The baseline needs curl: install it (e.g. 'apt-get install curl') and run again")
     try:
         tool = ensure_seven_zip(print)
     except StackError as exc:
         sys.exit(str(exc))
+    posts = QUICK_POSTS_BYTES if args.quick else int(args.posts_gib * GIB)
+
     workdir = Path(tempfile.mkdtemp(prefix="bench-ingest-", dir=args.workdir))
+    # Everything this run writes stays in workdir, moto's temporary files (its objects) too.
+    os.environ["TMPDIR"] = str(workdir)
+    tempfile.tempdir = None
     try:
-        bench_parse(workdir, args.parse_repeats)
-        small = bench_size(args.posts_gib, workdir, tool)
-        if args.scale > 1:
-            large = bench_size(args.posts_gib * args.scale, workdir, tool)
-            growth = (large["above_mb"] - small["above_mb"]) / max(small["above_mb"], 1e-9)
-            print(f"\n== peak RSS growth at {args.scale:g}x the size: {100 * growth:+.1f}% "
-                  "(target < 10%)")  # fmt: skip
+        bench_parse(workdir, repeats)
+        print(f"\n== ingest (generating Posts.xml of {size_label(posts)})")
+        single, split = generate(workdir, posts, ["single", "split"], tool)
+        cases = [bench_case(single, workdir, tool, slow_source=True)]
+        cases.append(bench_case(split, workdir, tool, slow_source=False))
+        for dump in (single, split):
+            shutil.rmtree(dump.root)
+        if scale > 1:
+            print(f"\n== ingest (generating Posts.xml of {size_label(int(posts * scale))})")
+            (large,) = generate(workdir, int(posts * scale), ["single"], tool)
+            cases.append(bench_case(large, workdir, tool, slow_source=False))
+        report_summary(cases)
+        if scale > 1:
+            report_growth(cases[0], cases[-1])
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    if failed := [f"{c['dump'].name}: {', '.join(c['failed'])}" for c in cases if c["failed"]]:
+        sys.exit(f"\nSome measurements failed ({'; '.join(failed)}); their errors are above.")
 
 
 if __name__ == "__main__":

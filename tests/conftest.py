@@ -1,19 +1,20 @@
-"""Shared pytest set-up: an isolated AIRFLOW_HOME, a metadata DB, a moto S3 server over HTTP.
+"""Shared pytest set-up: an isolated AIRFLOW_HOME, a metadata DB, a moto S3 server over HTTP,
+and the ``spark`` and ``k8s`` markers (``make test-fast`` leaves those tests out).
 
 The environment is set at import time, before any test module imports Airflow.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from local import services
 
 # The Databricks half's fixtures: `spark` (one local session) and `databricks_standin`.
 pytest_plugins = ["tests.databricks_fixtures"]
@@ -29,18 +30,23 @@ os.environ.update(
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_AIRFLOW_HOME}/airflow.db",
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(_AIRFLOW_HOME / "logs"),
+        # The tests' dump servers listen on 127.0.0.1, which the producer refuses by default.
+        **services.LOCAL_SOURCE_ENV,
     }
 )
+# `make test-fast` leaves out tests that start Spark (directly or through the stand-in); the
+# Kubernetes tooling's test modules mark themselves `k8s`.
+SPARK_FIXTURES = {"spark", "databricks_standin"}
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(_AIRFLOW_HOME, ignore_errors=True)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SPARK_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.spark)
 
 
 @pytest.fixture(scope="session")
@@ -53,26 +59,15 @@ def airflow_db() -> None:
 
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[str]:
-    """moto in server mode: real HTTP on 127.0.0.1, as any S3-compatible endpoint."""
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+    """moto's S3 server (a child process): real HTTP on 127.0.0.1; yields its URL."""
+    with services.MotoS3() as moto:
+        yield moto.url
 
 
 @pytest.fixture
 def aws_conn(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """The `aws_conn` Airflow connection pointing at the moto server (as an env var)."""
-    conn = {
-        "conn_type": "aws",
-        "login": "testing",
-        "password": "testing",
-        "extra": {"endpoint_url": moto_server, "region_name": "us-east-1"},
-    }
-    monkeypatch.setenv("AIRFLOW_CONN_AWS_CONN", json.dumps(conn))
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_CONN", services.aws_conn(moto_server))
     for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(var, raising=False)
     return moto_server

@@ -17,13 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from local.services import DUMMY_AWS_ENV, free_port
+
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "testing"
-MOTO_CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
 
 
 @pytest.fixture(scope="session")
@@ -54,7 +51,6 @@ def databricks_standin(
 
     ``s3://`` job parameters are read from the session's moto server.
     """
-    from conftest import free_port
 
     workdir = tmp_path_factory.mktemp("standin")
     token_file = workdir / "token"
@@ -65,7 +61,7 @@ def databricks_standin(
         "--token-file", str(token_file), "--warehouse", str(workdir / "warehouse"),
         "--s3-endpoint", moto_server,
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **MOTO_CREDENTIALS}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **DUMMY_AWS_ENV}
     with (
         tempfile.TemporaryFile(mode="w+") as log,
         subprocess.Popen(
@@ -149,7 +145,6 @@ def serve_jobs() -> Iterator[Callable[..., ServedJobs]]:
     ``jobs`` maps job ids to ``bundle.Job``s; ``executor`` runs their tasks (``ScriptedTasks``).
     Each server and its runner are stopped after the test.
     """
-    from conftest import free_port
 
     from local.databricks_standin.runs import Runner
     from local.databricks_standin.server import JobsApi, make_server

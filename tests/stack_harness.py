@@ -1,4 +1,5 @@
-"""The local stack as a session fixture: ``python -m local.stack up`` on free ports, then ``down``.
+"""The local stack as a session fixture: ``python -m local.stack up`` on free ports, then ``run``
+(the pipeline, as ``make demo-up`` then ``make demo-run``), and at the end ``down``.
 
 Started once for the e2e and the browser tests. The fixture's teardown runs ``down`` and fails
 the session if any process the stack started is still alive or any of its ports still listens.
@@ -14,9 +15,10 @@ from pathlib import Path
 
 import psutil
 
+from local import services
 from local.stack import processes
 from local.stack.airflow_api import AirflowApi
-from local.stack.up import REPO, StackInfo, load_info, read_password
+from local.stack.state import PYTHONPATH, REPO, StackInfo, load_info, read_password
 
 UP_TIMEOUT = 1200
 
@@ -49,7 +51,7 @@ class RunningStack:
 def _env() -> dict[str, str]:
     """As ``make`` runs it: PYTHONPATH with the DAGs folder, no test-session Airflow settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-    env["PYTHONPATH"] = os.pathsep.join(str(REPO / p) for p in ("dags", "notebooks", ""))
+    env["PYTHONPATH"] = PYTHONPATH
     return env
 
 
@@ -80,19 +82,27 @@ def stack_popen(run_dir: Path, *args: str) -> subprocess.Popen[str]:
     )
 
 
-def start(run_dir: Path) -> RunningStack:
-    api_port = processes.free_port()
+def _checked(run_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m local.stack ARGS``, which must succeed; its output is kept in the run dir."""
     try:
-        result = stack_command(run_dir, "up", "--api-port", str(api_port))
+        result = stack_command(run_dir, *args)
     except subprocess.TimeoutExpired:
-        stack_command(run_dir, "down")  # `up` was killed before it could clean up
+        stack_command(run_dir, "down")  # killed before it could clean up
         raise
     if result.returncode != 0:
+        stack_command(run_dir, "down")
         raise AssertionError(
-            f"local stack up failed ({result.returncode}):\n{result.stdout[-4000:]}\n"
+            f"local stack {args[0]} failed ({result.returncode}):\n{result.stdout[-4000:]}\n"
             f"{result.stderr[-4000:]}"
         )
-    (run_dir / "up.out").write_text(result.stdout)
+    (run_dir / f"{args[0]}.out").write_text(result.stdout)
+    return result
+
+
+def start(run_dir: Path) -> RunningStack:
+    api_port = services.free_port()
+    _checked(run_dir, "up", "--api-port", str(api_port))
+    _checked(run_dir, "run")
     return RunningStack(load_info(run_dir), api_port)
 
 
@@ -104,7 +114,7 @@ def stop_and_check(stack: RunningStack) -> None:
     assert result.returncode == 0, result.stderr
     survivors = [p for p in before if alive(p)] + processes.tagged(stack.run_dir)
     assert not survivors, f"still running after down: {[p.cmdline() for p in survivors]}"
-    listening = [port for port in ports if processes.port_in_use(port)]
+    listening = [port for port in ports if services.port_in_use(port)]
     assert not listening, f"still listening after down: {listening}"
     assert not (stack.run_dir / "postgres.dir").exists(), "the PostgreSQL cluster was not removed"
     again = stack_command(stack.run_dir, "down")

@@ -23,6 +23,8 @@ import yaml
 
 from tests.script_sandbox import VERSIONS, Sandbox, helm_install_args
 
+pytestmark = pytest.mark.k8s
+
 CHART = os.environ.get("AIRFLOW_CHART_DIR", "")
 HELM = os.environ.get("HELM_BIN", "")
 REPO = Path(__file__).resolve().parents[1]

@@ -19,6 +19,7 @@ import pytest
 import requests
 from airflow.exceptions import AirflowException, TaskDeferred
 
+from local import services
 from local.databricks_standin.bundle import load_jobs
 from tests.databricks_fixtures import ScriptedTasks, ServedJobs
 
@@ -73,9 +74,8 @@ def standin(serve_jobs, monkeypatch: pytest.MonkeyPatch):
         )
         tasks = ScriptedTasks()
         served = serve_jobs({1: job}, tasks, phase_seconds)
-        conn = {"conn_type": "databricks", "host": "127.0.0.1", "port": served.port,
-                "schema": "http", "password": served.token}  # fmt: skip
-        monkeypatch.setenv("AIRFLOW_CONN_DATABRICKS_CONN", json.dumps(conn))
+        conn = services.databricks_conn(f"http://127.0.0.1:{served.port}", served.token)
+        monkeypatch.setenv("AIRFLOW_CONN_DATABRICKS_CONN", conn)
         return served, tasks
 
     return start

@@ -4,14 +4,15 @@ and the producer's outlets are exactly the consumer's schedule."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import event
-from sqlalchemy.engine import Engine
+
+from local.parse_dags import main, no_lookups, parse
 
 REPO = Path(__file__).resolve().parents[1]  # not from conftest: importing it twice resets
 DAGS_FOLDER = REPO / "dags"  # the session's AIRFLOW_HOME
@@ -19,52 +20,19 @@ DAG_FILES = sorted(DAGS_FOLDER.glob("*.py"))
 PRODUCER, CONSUMER = "produce_data_asset", "trigger_databricks_workflow_dag"
 
 
-class ParseTimeLookup(AssertionError):
-    pass
-
-
-def _forbid(what: str):
-    def forbidden(*args: object, **kwargs: object) -> None:
-        raise ParseTimeLookup(f"{what} called at parse time with {args[1:] or kwargs}")
-
-    return forbidden
-
-
 @pytest.fixture
-def strict_parse(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+def strict_parse() -> Iterator[list[str]]:
     """Any SQL statement, connection or Variable lookup during parsing raises (and is recorded).
 
     Our own modules are dropped from sys.modules so their import-time code runs again here.
     """
-    from airflow.models.connection import Connection
-    from airflow.models.variable import Variable
-    from airflow.sdk.definitions.connection import Connection as SdkConnection
-    from airflow.sdk.definitions.variable import Variable as SdkVariable
-    from airflow.sdk.execution_time import context
-
-    for target, name in [
-        (Connection, "get_connection_from_secrets"),
-        (Variable, "get"),
-        (SdkConnection, "get"),
-        (SdkVariable, "get"),
-        (context, "_get_connection"),
-        (context, "_get_variable"),
-    ]:
-        monkeypatch.setattr(target, name, _forbid(f"{target.__name__}.{name}"))
-    for module in [
-        m for m in sys.modules if m == "stackexchange" or m.startswith("stackexchange.")
-    ]:
-        monkeypatch.delitem(sys.modules, module)
-
-    statements: list[str] = []
-
-    def on_sql(conn, cursor, statement, *args: object) -> None:
-        statements.append(statement)
-        raise ParseTimeLookup(f"metadata DB query at parse time: {statement}")
-
-    event.listen(Engine, "before_cursor_execute", on_sql)
-    yield statements
-    event.remove(Engine, "before_cursor_execute", on_sql)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        for module in [
+            m for m in sys.modules if m == "stackexchange" or m.startswith("stackexchange.")
+        ]:
+            monkeypatch.delitem(sys.modules, module)
+        with no_lookups() as statements:
+            yield statements
 
 
 @pytest.fixture
@@ -80,27 +48,79 @@ def test_dag_files_exist_for_both_contract_dags() -> None:
     assert {p.stem for p in DAG_FILES} >= {PRODUCER, CONSUMER}
 
 
-@pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
-def test_each_file_imports_cleanly_without_lookups(path: Path, strict_parse: list[str]) -> None:
-    from airflow.models import DagBag
-
-    bag = DagBag(dag_folder=str(path), include_examples=False, safe_mode=False)
-    assert bag.import_errors == {}
-    assert bag.dags, f"{path.name} defines no DAG"
+def test_each_file_imports_cleanly_without_lookups(strict_parse: list[str]) -> None:
+    """`make parse`'s path: every file is discovered, imports, defines a DAG, looks nothing up."""
+    parsed = parse(DAGS_FOLDER)
+    assert sorted(item.path for item in parsed) == DAG_FILES
+    for item in parsed:
+        assert item.error is None, item.error
+        assert item.dags, f"{item.path.name} defines no DAG"
     assert strict_parse == []
 
 
-def test_forbidden_lookups_are_really_caught(strict_parse: list[str], tmp_path: Path) -> None:
-    """The guard itself works: a DAG file that reads a Variable at parse time is reported."""
-    from airflow.models import DagBag
+GOOD_DAG = "from airflow.sdk import DAG\nwith DAG('good', schedule=None):\n    pass\n"
 
-    bad = tmp_path / "bad_dag.py"
-    bad.write_text(
+
+def test_make_parse_reports_import_errors_and_parse_time_lookups(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A missing module and a Variable read at parse time are both import errors; a folder the
+    .airflowignore names is not parsed, as the DAG processor does not parse it."""
+    folder = tmp_path / "dags"
+    (folder / "helpers").mkdir(parents=True)
+    (folder / "good.py").write_text(GOOD_DAG)
+    (folder / "broken.py").write_text("from airflow.sdk import DAG\nimport no_such_module_here\n")
+    (folder / "reads_variable.py").write_text(
         "from airflow.sdk import DAG, Variable\n"
         "with DAG('bad', schedule=None, tags=[Variable.get('x')]):\n    pass\n"
     )
-    bag = DagBag(dag_folder=str(bad), include_examples=False, safe_mode=False)
-    assert "called at parse time" in next(iter(bag.import_errors.values()))
+    (folder / "helpers" / "ignored.py").write_text("import airflow, no_such_helper  # a DAG?\n")
+    (folder / ".airflowignore").write_text("helpers/\n")
+
+    assert main(["--dags-folder", str(folder)]) == 1
+    out = capsys.readouterr().out
+    timed = {
+        match.group(2): match.group(3)
+        for match in re.finditer(r"^ +(\d+\.\d{3}) s  (\S+) +(.+)$", out, re.MULTILINE)
+    }
+    assert timed == {
+        "broken.py": "IMPORT ERROR",
+        "good.py": "good (0 tasks)",
+        "reads_variable.py": "IMPORT ERROR",
+    }
+    errors = out.split("\nImport error in ")[1:]
+    assert [error.splitlines()[0] for error in errors] == [
+        f"{folder / 'broken.py'}:",
+        f"{folder / 'reads_variable.py'}:",
+    ]
+    assert "No module named 'no_such_module_here'" in errors[0]
+    assert "Variable.get called at parse time" in errors[1]
+    assert "no_such_helper" not in out
+
+
+def test_make_parse_passes_a_clean_folder_without_touching_airflow_home(tmp_path: Path) -> None:
+    """As `make parse` runs it: exit 0, and Airflow's config goes to a throwaway home."""
+    folder, home = tmp_path / "dags", tmp_path / "home"
+    folder.mkdir()
+    home.mkdir()
+    (folder / "good.py").write_text(GOOD_DAG)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    result = subprocess.run(
+        [sys.executable, "-m", "local.parse_dags", "--dags-folder", str(folder)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**env, "HOME": str(home), "PYTHONPATH": str(REPO)},
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[-1] == "No import errors."
+    assert list(home.iterdir()) == []  # no ~/airflow/airflow.cfg
+
+
+def test_make_parse_names_a_missing_folder(tmp_path: Path, capsys) -> None:
+    assert main(["--dags-folder", str(tmp_path / "nope")]) == 2
+    assert f"{tmp_path / 'nope'} is not a directory" in capsys.readouterr().err
 
 
 def test_every_dag_has_owner_tags_retries_and_timeouts(dagbag) -> None:

@@ -24,14 +24,15 @@ from databricks.sdk import WorkspaceClient
 from databricks.sdk import errors as sdk_errors
 from databricks.sdk.service.jobs import RunLifeCycleState
 
+from local import services
 from local.databricks_standin import read_table
 from local.databricks_standin.__main__ import _use_s3_endpoint
 from local.databricks_standin.bundle import Job, Task, load_jobs
 from local.databricks_standin.notebooks import Widgets, run_notebook
 from local.databricks_standin.s3_inputs import local_path
 from local.sample_dump import write_site
+from local.services import s3_client
 from tests.databricks_fixtures import ScriptedTasks, ServedJobs, StandIn
-from tests.moto_s3 import s3_client
 
 JOB = "stackexchange_medallion"
 
@@ -39,9 +40,8 @@ JOB = "stackexchange_medallion"
 def _hook(monkeypatch: pytest.MonkeyPatch, port: int, token: str):
     from airflow.providers.databricks.hooks.databricks import DatabricksHook
 
-    conn = {"conn_type": "databricks", "host": "127.0.0.1", "port": port, "schema": "http",
-            "password": token}  # fmt: skip
-    monkeypatch.setenv("AIRFLOW_CONN_DATABRICKS_CONN", json.dumps(conn))
+    conn = services.databricks_conn(f"http://127.0.0.1:{port}", token)
+    monkeypatch.setenv("AIRFLOW_CONN_DATABRICKS_CONN", conn)
     return DatabricksHook("databricks_conn", retry_limit=1, retry_delay=0)
 
 

@@ -23,12 +23,12 @@ from typing import Any
 import pytest
 
 from local.sample_dump import pack_7z, write_site
+from local.services import s3_client
 from stackexchange import ingest, multipart, publish
 from stackexchange.assets import BUCKET, POSTS_KEY, USERS_KEY
 from stackexchange.dump_xml import DumpXmlError
 from stackexchange.s3 import S3PublishError
 from tests.http_fixtures import DumpServer, S3FaultProxy
-from tests.moto_s3 import s3_client
 
 REPO = Path(__file__).resolve().parents[1]
 SITE = "faults.stackexchange.com"

@@ -12,6 +12,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+pytestmark = pytest.mark.k8s
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 KIND_NODE = yaml.safe_load((REPO / "kind-config.yaml").read_text())["nodes"][0]["image"]

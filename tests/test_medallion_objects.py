@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from pyspark.sql import SparkSession
 
+from local.services import s3_client
 from medallion import objects
 from medallion.objects import Identity, SupersededError
-from tests.moto_s3 import s3_client
 
 T0 = datetime(2026, 12, 1, 21, 30, 12, tzinfo=UTC)
 T1 = datetime(2026, 12, 1, 21, 30, 13, tzinfo=UTC)

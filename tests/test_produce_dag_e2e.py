@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from local.sample_dump import pack_7z, write_site
+from local.services import s3_client
 from stackexchange.assets import BUCKET, POSTS_KEY, RAW_POSTS, RAW_USERS, USERS_KEY
 from tests.http_fixtures import DumpServer, S3FaultProxy
-from tests.moto_s3 import s3_client
 
 REPO = Path(__file__).resolve().parents[1]  # not from conftest: importing it twice resets
 DAGS_FOLDER = REPO / "dags"  # the session's AIRFLOW_HOME

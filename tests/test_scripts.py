@@ -31,6 +31,8 @@ from tests.script_sandbox import (
     values_files,
 )
 
+pytestmark = pytest.mark.k8s
+
 
 @pytest.fixture
 def sandbox(tmp_path: Path) -> Sandbox:

@@ -9,7 +9,6 @@ objects the events announce are written to moto's S3 server, which the stand-in 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 import uuid
@@ -20,9 +19,10 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from local import services
 from local.sample_dump import write_site
+from local.services import s3_client
 from tests.databricks_fixtures import StandIn
-from tests.moto_s3 import s3_client
 
 DAGS = Path(__file__).resolve().parents[1] / "dags"
 SITE = "conlang.example"
@@ -38,14 +38,9 @@ def dump(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture
 def databricks_conn(databricks_standin: StandIn, monkeypatch: pytest.MonkeyPatch) -> StandIn:
     """``databricks_conn`` pointing at the stand-in; ``schema: http`` is the hook's URL scheme."""
-    conn = {
-        "conn_type": "databricks",
-        "host": "127.0.0.1",
-        "port": databricks_standin.port,
-        "schema": "http",
-        "password": databricks_standin.token,
-    }
-    monkeypatch.setenv("AIRFLOW_CONN_DATABRICKS_CONN", json.dumps(conn))
+    conn = services.databricks_conn(f"http://127.0.0.1:{databricks_standin.port}",
+                                    databricks_standin.token)  # fmt: skip
+    monkeypatch.setenv("AIRFLOW_CONN_DATABRICKS_CONN", conn)
     return databricks_standin
 
 

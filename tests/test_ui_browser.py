@@ -1,8 +1,9 @@
 """A real browser, Debian's Chromium headless, logs in to the local stack's Airflow UI.
 
 Uses the session's ``local_stack`` (the e2e tests' stack, after its pipeline run). Driven by
-Playwright with ``executable_path`` set to the system Chromium: no browser download. Without
-Chromium the tests skip, except in CI (``CI=true``), where they fail.
+Playwright with ``executable_path`` set to the system Chromium: no browser download. A missing
+Chromium is installed as ``make test`` does (apt-get when root on Debian); only where that is
+impossible do the tests skip, saying what to install, and in CI (``CI=true``) they fail.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
+from local.stack.prerequisites import ensure_chromium
+from local.stack.processes import StackError
 from tests.stack_harness import RunningStack
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]  # it needs the whole stack up
 
-CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -33,17 +35,22 @@ DAGS = ("produce_data_asset", "trigger_databricks_workflow_dag")
 TIMEOUT_MS = 30_000
 
 
-@pytest.fixture
-def page(tmp_path: Path) -> Iterator[Page]:
-    if not CHROMIUM.exists():
-        message = f"{CHROMIUM} is missing: apt-get install chromium"
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    try:
+        return ensure_chromium(print)
+    except StackError as error:
         if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+            pytest.fail(str(error))
+        pytest.skip(str(error))
+
+
+@pytest.fixture
+def page(chromium: str, tmp_path: Path) -> Iterator[Page]:
     with sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
             tmp_path / "profile",  # a fresh --user-data-dir
-            executable_path=CHROMIUM,
+            executable_path=chromium,
             headless=True,
             args=FLAGS,
             viewport={"width": 1400, "height": 900},

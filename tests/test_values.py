@@ -12,6 +12,8 @@ import pytest
 import yaml
 from kubernetes.utils import parse_quantity
 
+pytestmark = pytest.mark.k8s
+
 REPO = Path(__file__).resolve().parents[1]
 BASE = yaml.safe_load((REPO / "chart/values.yaml").read_text())
 OVERLAY = yaml.safe_load((REPO / "chart/values-override-with-persistence.yaml").read_text())

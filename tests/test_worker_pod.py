@@ -16,6 +16,8 @@ import pytest
 import yaml
 from airflow.providers.cncf.kubernetes import pod_template_file_examples
 
+pytestmark = pytest.mark.k8s
+
 REPO = Path(__file__).resolve().parents[1]
 DAGS = REPO / "dags"
 VALUES = yaml.safe_load((REPO / "chart/values.yaml").read_text())

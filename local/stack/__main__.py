@@ -1,4 +1,4 @@
-"""``python -m local.stack up|down`` (what ``make demo`` and ``make demo-down`` run)."""
+"""``python -m local.stack up|run|status|logs|down`` (what the ``make demo*`` targets run)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,35 @@ import sys
 from pathlib import Path
 from types import FrameType
 
+from local.stack import pipeline, status
 from local.stack.processes import StackError
-from local.stack.up import DEFAULT_RUN_DIR, Options, StackInfo, down, read_password, up
+from local.stack.state import DEFAULT_RUN_DIR, StackInfo, read_password
+from local.stack.up import Options, down, up
 
 MIB = 1 << 20
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)  # unwinds through up()'s cleanup like Ctrl-C does
+
+
+def _log(line: str) -> None:
+    print(line, flush=True)
+
+
+def _make(info: StackInfo, target: str) -> str:
+    """The command for ``target`` on this stack: the make target for the default run dir."""
+    if Path(info.run_dir) == DEFAULT_RUN_DIR.resolve():
+        return f"make demo-{target}"
+    return f"python -m local.stack --run-dir {info.run_dir} {target}"
+
+
+def _print_ready(info: StackInfo) -> None:
+    print(f"\nAirflow UI: {info.ui_url}  (metadata DB: {info.database})")
+    print(f"  user {info.username}  password {read_password(info)}")
+    print(f"Logs and pid files: {info.run_dir}/logs, {info.run_dir}/pids")
+    print(f"Run the pipeline: {_make(info, 'run')}; what runs: {_make(info, 'status')}")
+    print(f"Stop everything: {_make(info, 'down')}")
 
 
 def _print_summary(info: StackInfo) -> None:
@@ -29,24 +50,19 @@ def _print_summary(info: StackInfo) -> None:
         print(f"  {rank:>2}. {tag:<20} {posts:>6,} posts")
     timings, memory = info.timings, info.memory_pss
     print(
-        f"\nFigures: stack up in {timings['stack_ready_s']:.0f}s, gold tables after "
-        f"{timings['gold_ready_s']:.0f}s; producer run {timings['producer_run_s']:.1f}s, "
-        f"asset hop (asset event -> consumer run start) {timings['asset_hop_s']:.2f}s, "
-        f"consumer run {timings['consumer_run_s']:.1f}s"
+        f"\nFigures: stack up in {timings['stack_ready_s']:.0f}s, gold tables "
+        f"{timings['gold_after_trigger_s']:.0f}s after the trigger; producer run "
+        f"{timings['producer_run_s']:.1f}s, asset hop (asset event -> consumer run start) "
+        f"{timings['asset_hop_s']:.2f}s, consumer run {timings['consumer_run_s']:.1f}s"
     )
     print(
         f"Memory (PSS, MiB): {sum(memory.values()) / MIB:,.0f} in total; "
         + ", ".join(f"{name} {size / MIB:,.0f}" for name, size in sorted(memory.items()))
     )
-    print(f"\nAirflow UI: {info.ui_url}  (metadata DB: {info.database})")
-    print(f"  user {info.username}  password {read_password(info)}")
-    print(f"Logs and pid files: {info.run_dir}/logs, {info.run_dir}/pids")
-    default = Path(info.run_dir) == DEFAULT_RUN_DIR.resolve()
-    stop = "make demo-down" if default else f"python -m local.stack --run-dir {info.run_dir} down"
-    print(f"Stop everything: {stop}")
+    _print_ready(info)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m local.stack",
         description="The local stack: Airflow 3 + moto S3 + Databricks stand-in, on 127.0.0.1.",
@@ -58,8 +74,17 @@ def main(argv: list[str] | None = None) -> int:
         help="pid files, logs, Airflow home, warehouse (default .run/demo; env DEMO_RUN_DIR)",
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    timeout = argparse.ArgumentParser(add_help=False)
+    timeout.add_argument(
+        "--timeout",
+        type=float,
+        default=900.0,
+        help="seconds to wait for both DAG runs (default 900)",
+    )
     start = commands.add_parser(
-        "up", help="start the stack, run the pipeline once, print the gold tables"
+        "up",
+        parents=[timeout],
+        help="start the stack (a running one is restarted); --run also runs the pipeline",
     )
     start.add_argument(
         "--api-port",
@@ -74,34 +99,67 @@ def main(argv: list[str] | None = None) -> int:
         help="Airflow's metadata DB: PostgreSQL if installed (auto), or force one",
     )
     start.add_argument(
-        "--timeout",
-        type=float,
-        default=900.0,
-        help="seconds to wait for both DAG runs (default 900)",
+        "--run",
+        action="store_true",
+        help="then run the pipeline once and print the gold tables (make demo)",
     )
+    commands.add_parser(
+        "run",
+        parents=[timeout],
+        help="trigger the pipeline on the running stack, wait for the gold tables, print them",
+    )
+    commands.add_parser("status", help="services, ports, URLs, login and recent DAG runs")
+    logs = commands.add_parser("logs", help="tail the services' logs (all, or those named)")
+    logs.add_argument("services", nargs="*", metavar="SERVICE", help="e.g. scheduler s3")
+    logs.add_argument("-n", "--lines", type=int, default=40, help="lines of history (40)")
+    logs.add_argument("--no-follow", action="store_true", help="print and exit")
     commands.add_parser("down", help="stop everything 'up' started (safe when nothing runs)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    run_dir = args.run_dir.resolve()
 
     if args.command == "down":
-        stopped = down(args.run_dir.resolve())
+        stopped = down(run_dir)
         print(f"Stopped {', '.join(stopped)}." if stopped else "Nothing was running.")
         return 0
-
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGHUP, _terminate)
-    options = Options(
-        run_dir=args.run_dir, api_port=args.api_port, database=args.database, timeout=args.timeout
-    )
     try:
-        info = up(options, log=lambda line: print(line, flush=True))
+        if args.command == "status":
+            return 0 if status.status(run_dir, print) else 1
+        if args.command == "logs":
+            status.tail_logs(run_dir, args.services, args.lines, follow=not args.no_follow)
+            return 0  # not reached: tail replaced this process
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignored
+        signal.signal(signal.SIGTERM, _terminate)
+        signal.signal(signal.SIGHUP, _terminate)
+        if args.command == "run":
+            _print_summary(pipeline.run(run_dir, args.timeout, _log))
+            return 0
+        options = Options(
+            run_dir=run_dir,
+            api_port=args.api_port,
+            database=args.database,
+            run=args.run,
+            timeout=args.timeout,
+        )
+        info = up(options, log=_log)
     except StackError as error:
         print(f"\nThe local stack failed: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("\nInterrupted: everything started was stopped.", file=sys.stderr)
+        if args.command == "up":
+            print("\nInterrupted: everything started was stopped.", file=sys.stderr)
+        else:
+            message = "stopped waiting; the stack and its DAG runs go on"
+            print(f"\nInterrupted: {message}.", file=sys.stderr)
         return 130
-    _print_summary(info)
+    if args.run:
+        _print_summary(info)
+    else:
+        print(f"\nThe stack is up in {info.timings['stack_ready_s']:.0f}s; both DAGs are unpaused.")
+        _print_ready(info)
     return 0
 
 

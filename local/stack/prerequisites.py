@@ -1,4 +1,5 @@
-"""System prerequisites pip cannot install: Java 17 for Spark, the 7z tool for the benchmark.
+"""System prerequisites pip cannot install: Java 17 for Spark, Chromium for the browser tests,
+the 7z tool for the benchmark.
 
 Each is installed with apt-get when we are root on Debian/Ubuntu; otherwise the error says how.
 """
@@ -9,11 +10,13 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 
 from local.stack.processes import StackError
 
 JAVA_PACKAGE = "openjdk-17-jre-headless"
+CHROMIUM_PACKAGE = "chromium"  # Debian's; Playwright drives it, no browser download
 SEVEN_ZIP_PACKAGE = "7zip"  # Debian 12+/Ubuntu 24.04+; its binary is 7zz
 
 
@@ -55,6 +58,19 @@ def ensure_java(log: Callable[[str], None]) -> None:
     )
 
 
+def ensure_chromium(log: Callable[[str], None]) -> str:
+    """Chromium for the browser tests (headless, driven by Playwright); its path."""
+    if found := shutil.which("chromium"):
+        return found
+    _apt_install(CHROMIUM_PACKAGE, "the browser tests drive it headless", log)
+    if found := shutil.which("chromium"):
+        return found
+    raise StackError(
+        f"The browser tests need Chromium. Install it, e.g. 'sudo apt-get install "
+        f"{CHROMIUM_PACKAGE}' (Debian), or any Chromium as 'chromium' on PATH, then run again."
+    )
+
+
 def seven_zip() -> str | None:
     """The 7-Zip command line tool on PATH (``7zz`` from Debian's 7zip, or ``7z``)."""
     return next((found for name in ("7zz", "7z") if (found := shutil.which(name))), None)
@@ -72,3 +88,22 @@ def ensure_seven_zip(log: Callable[[str], None]) -> str:
         f"{SEVEN_ZIP_PACKAGE}' (Debian 12+/Ubuntu 24.04+; 'p7zip-full' on older ones) or "
         "'brew install sevenzip' (macOS), then run again."
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m local.stack.prerequisites java|chromium`` (``make java``, ``make chromium``)."""
+    ensure = {"java": ensure_java, "chromium": ensure_chromium}
+    names = argv if argv is not None else sys.argv[1:]
+    if len(names) != 1 or names[0] not in ensure:
+        print(f"usage: python -m local.stack.prerequisites {'|'.join(ensure)}", file=sys.stderr)
+        return 2
+    try:
+        ensure[names[0]](print)
+    except (StackError, subprocess.CalledProcessError) as error:
+        print(error, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -12,16 +12,18 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import psutil
 
+from local.services import WaitTimeout, wait_until
+
 TAG = "LOCAL_STACK_RUN"
+T = TypeVar("T")
 
 
 class StackError(RuntimeError):
@@ -91,6 +93,11 @@ def _recorded(pid_file: Path) -> tuple[psutil.Process | None, signal.Signals]:
         return None, signal.SIGTERM
 
 
+def recorded(run_dir: Path) -> list[str]:
+    """The services of ``run_dir`` that have a pid file (alive or not), in start order."""
+    return [path.stem for path in sorted(pid_dir(run_dir).glob("*.pid"), key=os.path.getmtime)]
+
+
 def running(run_dir: Path) -> dict[str, psutil.Process]:
     """The services of ``run_dir`` whose recorded process is still alive, by name."""
     found = {}
@@ -152,35 +159,27 @@ def _signal(process: psutil.Process, sig: signal.Signals) -> None:
         process.send_signal(sig)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def port_in_use(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
 def wait_for(
     what: str,
-    ready: Callable[[], bool],
+    ready: Callable[[], T],
     *,
     timeout: float,
     service: Service | None = None,
     interval: float = 0.25,
-) -> None:
-    """Poll ``ready`` until true; fail early, with the log's tail, if ``service`` died."""
-    deadline = time.monotonic() + timeout
-    while not ready():
+) -> T:
+    """Poll ``ready`` until it returns something truthy (returned); fail early, with the log's
+    tail, if ``service`` died."""
+
+    def check() -> T:
         if service is not None and not _alive(service.pid):
             raise StackError(f"{service.name} exited while waiting for {what}\n{tail(service.log)}")
-        if time.monotonic() > deadline:
-            where = f"\n{tail(service.log)}" if service else ""
-            raise StackError(f"timed out after {timeout:.0f}s waiting for {what}{where}")
-        time.sleep(interval)
+        return ready()
+
+    try:
+        return wait_until(what, check, timeout=timeout, interval=interval)
+    except WaitTimeout as error:
+        where = f"\n{tail(service.log)}" if service else ""
+        raise StackError(f"{error}{where}") from None
 
 
 def _alive(pid: int) -> bool:
