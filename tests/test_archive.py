@@ -3,7 +3,6 @@ bomb-like variants built with py7zr."""
 
 from __future__ import annotations
 
-import io
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +17,27 @@ from stackexchange.settings import Limits
 MEMBERS = ["Posts.xml", "Users.xml"]
 
 
+class Collected:
+    """A member writer that keeps its bytes and notes when it is closed, in a shared log."""
+
+    def __init__(self, name: str, events: list[str]) -> None:
+        self.name, self.events, self.data = name, events, bytearray()
+
+    def write(self, data: bytes | bytearray) -> int:
+        if not self.events or self.events[-1] != f"write {self.name}":
+            self.events.append(f"write {self.name}")
+        self.data += data
+        return len(data)
+
+    def close(self) -> None:
+        self.events.append(f"close {self.name}")
+
+
+def collectors(names: object) -> tuple[dict[str, Collected], list[str]]:
+    events: list[str] = []
+    return {name: Collected(name, events) for name in names}, events
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """The eight files of a small site dump."""
@@ -28,10 +48,21 @@ def extract(path: Path, limits: Limits | None = None) -> tuple[dict, dict[str, b
     """``open_members`` then ``stream`` Posts.xml and Users.xml: declared members, contents."""
     with path.open("rb") as fileobj:
         seven_zip, members = archive.open_members(fileobj, path.name, MEMBERS, limits or Limits())
-        writers = {name: io.BytesIO() for name in members}
+        writers, _ = collectors(members)
         with seven_zip:
             archive.stream(seven_zip, path.name, writers)
-    return members, {name: writer.getvalue() for name, writer in writers.items()}
+    return members, {name: bytes(writer.data) for name, writer in writers.items()}
+
+
+def test_each_writer_is_closed_when_its_member_is_complete(site: list[Path], tmp_path: Path):
+    """Posts.xml's writer is closed (its CRC checked) before Users.xml's first byte arrives."""
+    path = pack_7z(site, tmp_path / "site.7z")
+    with path.open("rb") as fileobj:
+        seven_zip, members = archive.open_members(fileobj, path.name, MEMBERS, Limits())
+        writers, events = collectors(members)
+        with seven_zip:
+            archive.stream(seven_zip, path.name, writers)
+    assert events == ["write Posts.xml", "close Posts.xml", "write Users.xml", "close Users.xml"]
 
 
 def stored(files: list[Path], path: Path) -> Path:

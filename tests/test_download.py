@@ -20,6 +20,7 @@ from local.sample_dump import pack_7z, write_site
 from stackexchange import archive, download, source, url_policy
 from stackexchange.settings import DownloadPolicy, Limits
 from tests.http_fixtures import DumpServer, Faults
+from tests.test_archive import collectors
 
 POLICY = DownloadPolicy(attempts=4, backoff_seconds=0.0, progress_seconds=0.0, chunk_bytes=4096)
 SITE = "demo.stackexchange.com"
@@ -237,7 +238,7 @@ def test_py7zr_extracts_a_dump_through_the_streamed_archive(
                 fileobj, NAME, ["Posts.xml", "Users.xml"], Limits()
             )
             assert fileobj.downloaded.done < size  # the header came ahead of the download
-            writers = {name: io.BytesIO() for name in members}
+            writers, _ = collectors(members)
             with seven_zip:
                 archive.stream(seven_zip, NAME, writers)
             fileobj.finish()
@@ -245,8 +246,8 @@ def test_py7zr_extracts_a_dump_through_the_streamed_archive(
         assert ranges(server)[0] is None
         assert [r for r in ranges(server)[1:] if r and r.endswith(f"-{size - 1}")] != []
     for name, writer in writers.items():
-        assert writer.getvalue() == (tmp_path / "site" / name).read_bytes()
-        assert members[name].size == len(writer.getvalue())
+        assert writer.data == (tmp_path / "site" / name).read_bytes()
+        assert members[name].size == len(writer.data)
 
 
 def test_local_archive_is_read_in_place_and_verified(

@@ -40,6 +40,9 @@ class ArchiveRefused(ArchiveError):
 class MemberWriter(Protocol):
     def write(self, data: bytes | bytearray) -> int: ...
 
+    def close(self) -> None:
+        """The member is complete and its CRC matched (called before the next one starts)."""
+
 
 @dataclass(frozen=True)
 class Member:
@@ -73,14 +76,25 @@ class _Sink(py7zr.io.Py7zIO):
 
 
 class _Factory(py7zr.io.WriterFactory):
+    """Opens each member's writer when py7zr reaches it and closes the one before: py7zr has
+    checked a member's CRC by the time it starts the next."""
+
     def __init__(self, writers: dict[str, MemberWriter]) -> None:
         self.writers = writers
         self.sinks: dict[str, _Sink] = {}
+        self._open: MemberWriter | None = None
 
     def create(self, filename: str) -> py7zr.io.Py7zIO:
+        self.close_open()
         name = Path(filename).name
         self.sinks[name] = _Sink(self.writers[name])
+        self._open = self.writers[name]
         return self.sinks[name]
+
+    def close_open(self) -> None:
+        if self._open is not None:
+            writer, self._open = self._open, None
+            writer.close()
 
 
 def _corrupt(name: str, detail: object) -> ArchiveError:
@@ -138,10 +152,12 @@ def open_members(
 
 
 def stream(archive: py7zr.SevenZipFile, name: str, writers: dict[str, MemberWriter]) -> None:
-    """Decompress the members named in ``writers`` into them, checking every CRC on the way."""
+    """Decompress the members named in ``writers`` into them, checking every CRC on the way;
+    each writer is closed once its member is complete and intact. Not closed on an error."""
     factory = _Factory(writers)
     try:
         archive.extract(targets=list(writers), factory=factory)
+        factory.close_open()
     except py7zr.exceptions.CrcError as exc:
         raise _corrupt(name, f"CRC check failed for {exc.args[2] or 'a block'}") from exc
     except (py7zr.exceptions.ArchiveError, lzma.LZMAError, EOFError) as exc:

@@ -22,7 +22,7 @@ from xml.parsers import expat
 
 ROOTS = {"Posts.xml": "posts", "Users.xml": "users"}
 PIPE_BYTES = 1 << 20
-QUEUED_CHUNKS = 4  # py7zr hands over chunks of a few MiB
+QUEUED_CHUNKS = 2  # py7zr hands over chunks of a few MiB
 
 
 class DumpXmlError(ValueError):

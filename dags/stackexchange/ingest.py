@@ -23,7 +23,7 @@ from typing import Any
 from stackexchange import archive, publish, s3, source, url_policy
 from stackexchange.assets import BUCKET, PREFIX
 from stackexchange.download import open_archive
-from stackexchange.dump_xml import DumpXmlError, ValidatingStream
+from stackexchange.dump_xml import DumpXmlError, ValidatedFile, ValidatingStream
 from stackexchange.multipart import MultipartUpload, part_size_for
 from stackexchange.progress import Counter, Reporter
 from stackexchange.settings import DownloadPolicy, Limits
@@ -136,15 +136,25 @@ def check(
     return True
 
 
-class _Counted:
-    """Counts the bytes passing to ``inner`` (decompressed bytes, for the progress log)."""
+class _Member:
+    """Where one member's bytes go: counted, hashed and validated (``ValidatingStream``), and
+    uploaded (``MultipartUpload``). Closed as soon as py7zr is past the member, so its
+    validation result is known and its upload buffers are freed before the next member."""
 
-    def __init__(self, inner: ValidatingStream, counter: Counter) -> None:
-        self.inner, self.counter = inner, counter
+    def __init__(self, name: str, upload: MultipartUpload, decompressed: Counter) -> None:
+        self.name, self.upload, self.decompressed = name, upload, decompressed
+        self.stream = ValidatingStream(name, upload)
+        self.file: ValidatedFile | None = None
 
     def write(self, data: bytes | bytearray) -> int:
-        self.counter.done += len(data)
-        return self.inner.write(data)
+        self.decompressed.done += len(data)
+        return self.stream.write(data)
+
+    def close(self) -> None:
+        self.file = self.stream.finish()
+        self.upload.finish()
+        log.info("%s is valid: %d rows, %s, sha256 %s", self.name, self.file.rows,
+                 source.human_bytes(self.file.bytes), self.file.sha256)  # fmt: skip
 
 
 def _check_free_space(directory: Path, remote: source.RemoteArchive, limits: Limits) -> None:
@@ -191,12 +201,11 @@ def _stage(
                 size = sum(m.size for m in declared.values())
                 decompressed.total = (decompressed.total or 0) + size
                 uploaded.total = decompressed.total
-                streams: dict[str, ValidatingStream] = {}
-                targets: dict[str, MultipartUpload] = {}
+                writers: dict[str, _Member] = {}
                 with seven_zip:
                     try:
                         for member in members:
-                            targets[member] = MultipartUpload(
+                            upload = MultipartUpload(
                                 client,
                                 BUCKET,
                                 KEYS.key(member),
@@ -204,27 +213,18 @@ def _stage(
                                 part_size_for(declared[member].size),
                                 uploaded,
                             )
-                            uploads.append(targets[member])
-                            streams[member] = ValidatingStream(member, targets[member])
+                            uploads.append(upload)
+                            writers[member] = _Member(member, upload, decompressed)
                         log.info("Streaming %s from %s", " and ".join(members), remote.name)
-                        archive.stream(
-                            seven_zip,
-                            remote.name,
-                            {m: _Counted(s, decompressed) for m, s in streams.items()},
-                        )
+                        archive.stream(seven_zip, remote.name, writers)
                     finally:
-                        for stream in streams.values():
-                            stream.close()
-                files = {member: streams[member].finish() for member in members}
-                for member in members:
-                    targets[member].finish()
-                    log.info("%s is valid: %d rows, %s, sha256 %s", member, files[member].rows,
-                             source.human_bytes(files[member].bytes),
-                             files[member].sha256)  # fmt: skip
+                        for writer in writers.values():
+                            writer.stream.close()  # no validator process outlives the stream
                 fileobj.finish()  # the whole archive arrived and matches its checksum
                 downloaded.done = done_before + fileobj.size
-            for member in members:
-                staged[member] = publish.Staged(targets[member], files[member], remote)
+            for member, writer in writers.items():
+                assert writer.file is not None  # closed by archive.stream
+                staged[member] = publish.Staged(writer.upload, writer.file, remote)
     return staged
 
 

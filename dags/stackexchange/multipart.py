@@ -1,7 +1,8 @@
 """One S3 object written as a multipart upload from a stream of bytes, invisible until completed.
 
 Bytes are cut into parts of ``part_size`` and uploaded by a few threads while more arrive; at most
-``in_flight`` parts are held in memory (a writer blocks until a slot frees: backpressure). The
+``in_flight`` parts upload at once, plus one filling (a writer blocks until a buffer frees:
+backpressure). The
 object appears only on :meth:`MultipartUpload.complete`; :meth:`MultipartUpload.abort` throws
 every uploaded part away. An upload nobody completes or aborts (the task was killed) is aborted
 by the next run (``publish.abort_stale_uploads``) and by the bucket's lifecycle rule.
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
+import queue
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -44,7 +45,11 @@ def version_of(answer: dict[str, Any]) -> str | None:
 
 
 class MultipartUpload:
-    """Write with :meth:`write`; then :meth:`finish` (all parts uploaded), :meth:`complete`."""
+    """Write with :meth:`write`; then :meth:`finish` (all parts uploaded), :meth:`complete`.
+
+    Parts are filled in place in a few reused buffers (``in_flight`` uploading, one filling):
+    no part-sized allocation per part, so the memory stays flat however large the file.
+    """
 
     def __init__(
         self,
@@ -54,7 +59,7 @@ class MultipartUpload:
         metadata: dict[str, str],
         part_size: int,
         uploaded: Counter,
-        in_flight: int = 3,
+        in_flight: int = 2,
     ) -> None:
         self.client, self.bucket, self.key, self.part_size = client, bucket, key, part_size
         self.uploaded = uploaded
@@ -62,35 +67,49 @@ class MultipartUpload:
             Bucket=bucket, Key=key, Metadata=metadata, ContentType=CONTENT_TYPE
         )
         self.upload_id: str = created["UploadId"]
-        self._buffer = bytearray()
         self._next_part = 1
         self._etags: dict[int, str] = {}
         self._error: BaseException | None = None
-        self._slots = threading.BoundedSemaphore(in_flight)
+        self._buffers = in_flight + 1  # allocated lazily, returned to _free after each upload
+        self._free: queue.Queue[bytearray] = queue.Queue()
+        self._part: bytearray | None = None  # taken at the first write
+        self._filled = 0
         self._pool = ThreadPoolExecutor(in_flight, thread_name_prefix=f"upload-{key}")
         self._futures: list[Future[None]] = []
+
+    def _take(self) -> bytearray:
+        """A free part buffer; blocks while every buffer is uploading (backpressure)."""
+        if self._free.empty() and self._buffers > 0:
+            self._buffers -= 1
+            return bytearray(self.part_size)
+        return self._free.get()
 
     def write(self, data: bytes) -> None:
         if self._error is not None:
             raise self._error
-        self._buffer += data
-        while len(self._buffer) >= self.part_size:
-            self._submit(bytes(self._buffer[: self.part_size]))
-            del self._buffer[: self.part_size]
+        view = memoryview(data)
+        while view:
+            if self._part is None:
+                self._part = self._take()
+            count = min(len(view), self.part_size - self._filled)
+            self._part[self._filled : self._filled + count] = view[:count]
+            self._filled += count
+            view = view[count:]
+            if self._filled == self.part_size:
+                self._submit(self._part, self.part_size)
+                self._part, self._filled = None, 0
 
-    def _submit(self, body: bytes) -> None:
+    def _submit(self, buffer: bytearray, length: int) -> None:
         number, self._next_part = self._next_part, self._next_part + 1
         if number > MAX_PARTS:
             raise ValueError(f"{self.key}: more than {MAX_PARTS} parts; the header lied about size")
-        self._slots.acquire()
-        future = self._pool.submit(self._upload, number, body)
-        future.add_done_callback(lambda _: self._slots.release())
-        self._futures.append(future)
+        self._futures.append(self._pool.submit(self._upload, number, buffer, length))
 
-    def _upload(self, number: int, body: bytes) -> None:
-        if self._error is not None:
-            return
+    def _upload(self, number: int, buffer: bytearray, length: int) -> None:
         try:
+            if self._error is not None:
+                return
+            body = buffer if length == len(buffer) else bytes(buffer[:length])  # the last part
             answer = self.client.upload_part(
                 Bucket=self.bucket,
                 Key=self.key,
@@ -98,20 +117,23 @@ class MultipartUpload:
                 PartNumber=number,
                 Body=body,
             )
+            self._etags[number] = answer["ETag"]
+            self.uploaded.done += length
         except (ClientError, BotoCoreError) as exc:
             self._error = exc
-            return
-        self._etags[number] = answer["ETag"]
-        self.uploaded.done += len(body)
+        finally:
+            self._free.put(buffer)
 
     def finish(self) -> None:
         """Upload what is left and wait for every part; raise the first failure."""
-        if self._error is None and (self._buffer or self._next_part == 1):
-            self._submit(bytes(self._buffer))
-            self._buffer.clear()
+        if self._error is None and (self._filled or self._next_part == 1):
+            self._submit(self._part or bytearray(), self._filled)
         for future in self._futures:
             future.result()
         self._pool.shutdown()
+        self._part = None
+        while not self._free.empty():  # the buffers go now, not with the upload object
+            self._free.get()
         if self._error is not None:
             raise self._error
 
