@@ -127,6 +127,8 @@ class StreamedArchive(io.RawIOBase):
             self.archive.url, headers=headers, stream=True, timeout=timeout(self.policy)
         ) as response:
             self._response = response
+            if self._cancel.is_set():  # close() came before it could see this response
+                raise _Cancelled
             check_status(response, self.archive.url)
             if response.status_code == 206:
                 start = re.match(r"bytes (\d+)-", response.headers.get("Content-Range", ""))

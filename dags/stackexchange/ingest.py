@@ -13,6 +13,7 @@ Any failure aborts both multipart uploads; the previous pair stays as it was.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import tempfile
@@ -157,15 +158,31 @@ class _Member:
                  source.human_bytes(self.file.bytes), self.file.sha256)  # fmt: skip
 
 
-def _check_free_space(directory: Path, remote: source.RemoteArchive, limits: Limits) -> None:
-    needed = (remote.size or 0) + limits.disk_margin_bytes
+def _check_free_space(directory: Path, remotes: list[source.RemoteArchive], limits: Limits) -> None:
+    needed = sum(r.size or 0 for r in remotes) + limits.disk_margin_bytes
     free = shutil.disk_usage(directory).free
-    if free < needed:
+    if remotes and free < needed:
         raise OSError(
-            f"{directory} has {source.human_bytes(free)} free but {remote.name} needs "
-            f"{source.human_bytes(needed)} (the archive, kept for resume, plus a margin): give "
-            "the worker more disk or point TMPDIR elsewhere"
+            f"{directory} has {source.human_bytes(free)} free but "
+            f"{' and '.join(r.name for r in remotes)} need {source.human_bytes(needed)} (the "
+            "archives, kept for resume, plus a margin): give the worker more disk or point "
+            "TMPDIR elsewhere"
         )
+
+
+class _Total:
+    """Several counters read as one (the archives of a split layout download at once)."""
+
+    def __init__(self, parts: list[Counter]) -> None:
+        self.parts = parts
+
+    @property
+    def done(self) -> int:
+        return sum(part.done for part in self.parts)
+
+    @property
+    def total(self) -> int:
+        return sum(part.total or 0 for part in self.parts)
 
 
 def _metadata(site: str, remote: source.RemoteArchive, ingest_id: str) -> dict[str, str]:
@@ -187,19 +204,25 @@ def _stage(
 ) -> dict[str, publish.Staged]:
     """Stream every archive's members into open multipart uploads; validated, not visible."""
     policy, limits = DownloadPolicy.from_env(), Limits.from_env()
-    downloaded = Counter(sum(a.size or 0 for a, _ in found.unique_archives()))
-    decompressed, uploaded = Counter(), Counter()
-    counters = {"downloaded": downloaded, "decompressed": decompressed, "uploaded": uploaded}
+    archives = found.unique_archives()
+    _check_free_space(workdir, [r for r, _ in archives if not r.url.startswith("file:")], limits)
     staged: dict[str, publish.Staged] = {}
-    with Reporter(f"ingest of {found.site}", counters, policy.progress_seconds):
-        for remote, members in found.unique_archives():
-            if not remote.url.startswith("file:"):
-                _check_free_space(workdir, remote, limits)
-            done_before = downloaded.done
-            with open_archive(remote, workdir, policy) as fileobj:
+    with contextlib.ExitStack() as opened:
+        # Every archive starts downloading now: a split layout's Users archive arrives while
+        # Posts is processed (archive.org limits each connection's rate, not the total).
+        files = [opened.enter_context(open_archive(r, workdir, policy)) for r, _ in archives]
+        decompressed, uploaded = Counter(), Counter()
+        counters = {
+            "downloaded": _Total([f.downloaded for f in files]),
+            "decompressed": decompressed,
+            "uploaded": uploaded,
+        }
+        with Reporter(f"ingest of {found.site}", counters, policy.progress_seconds):
+            for (remote, members), fileobj in zip(archives, files, strict=True):
                 seven_zip, declared = archive.open_members(fileobj, remote.name, members, limits)
-                size = sum(m.size for m in declared.values())
-                decompressed.total = (decompressed.total or 0) + size
+                decompressed.total = (decompressed.total or 0) + sum(
+                    m.size for m in declared.values()
+                )
                 uploaded.total = decompressed.total
                 writers: dict[str, _Member] = {}
                 with seven_zip:
@@ -221,10 +244,10 @@ def _stage(
                         for writer in writers.values():
                             writer.stream.close()  # no validator process outlives the stream
                 fileobj.finish()  # the whole archive arrived and matches its checksum
-                downloaded.done = done_before + fileobj.size
-            for member, writer in writers.items():
-                assert writer.file is not None  # closed by archive.stream
-                staged[member] = publish.Staged(writer.upload, writer.file, remote)
+                fileobj.close()  # and its local copy goes now
+                for member, writer in writers.items():
+                    assert writer.file is not None  # closed by archive.stream
+                    staged[member] = publish.Staged(writer.upload, writer.file, remote)
     return staged
 
 
