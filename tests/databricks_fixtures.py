@@ -156,7 +156,9 @@ def serve_jobs() -> Iterator[Callable[..., ServedJobs]]:
         url = f"http://127.0.0.1:{port}"
         runner = Runner(executor, url, phase_seconds)
         server = make_server(port, TOKEN, JobsApi(jobs, runner))
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        ).start()
         started.append((server, runner, executor))
         return ServedJobs(url, port, TOKEN, runner)
 

@@ -398,7 +398,9 @@ class HealthHandler(BaseHTTPRequestHandler):
 def api_server() -> Iterator[type[HealthHandler]]:
     handler = type("Handler", (HealthHandler,), {})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     handler.url = f"http://127.0.0.1:{server.server_address[1]}"
     yield handler
