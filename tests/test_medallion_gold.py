@@ -12,6 +12,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from local.sample_dump import write_site
 from medallion import bronze, gold, schemas, silver
+from medallion.objects import Identity
 
 POSTS = "PostId long, PostType string, Title string, CreationDate timestamp, Score int, " \
     "Tags array<string>, OwnerUserId long, OwnerDisplayName string"  # fmt: skip
@@ -81,6 +82,7 @@ def test_gold_from_generated_dump_matches_xml(spark: SparkSession, tmp_path: Pat
             site="s",
             source_uri=name,
             source_sha256="",
+            source=Identity(""),
             ingested_at=datetime.now(UTC),
         )
 
