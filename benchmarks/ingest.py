@@ -840,6 +840,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(str(exc))
     posts = QUICK_POSTS_BYTES if args.quick else int(args.posts_gib * GIB)
 
+    if args.workdir:
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="bench-ingest-", dir=args.workdir))
     # Everything this run writes stays in workdir, moto's temporary files (its objects) too.
     os.environ["TMPDIR"] = str(workdir)
