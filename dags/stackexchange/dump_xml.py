@@ -222,7 +222,7 @@ def validate_stream(
 
 
 def _validate_stdin(name: str) -> None:
-    """The child of ValidatingWriter: validate stdin, print the result as one JSON line."""
+    """The child of ValidatingStream: validate stdin, print the result as one JSON line."""
     try:
         # Unbuffered: each read takes what the pipe holds, no copy through a buffer.
         stdin = sys.stdin.buffer.raw

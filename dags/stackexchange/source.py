@@ -73,7 +73,7 @@ class RemoteArchive:
 
     @property
     def name(self) -> str:
-        return urllib.parse.unquote(self.url.rsplit("/", 1)[-1])
+        return file_name(self.url)
 
     @property
     def version(self) -> str:
@@ -99,6 +99,10 @@ class Source:
         for member, archive in self.archives.items():
             grouped.setdefault(archive.url, (archive, []))[1].append(member)
         return list(grouped.values())
+
+
+def file_name(url: str) -> str:
+    return urllib.parse.unquote(url.rsplit("/", 1)[-1])
 
 
 def layouts(source_base_url: str, site: str) -> list[dict[str, str]]:
@@ -284,7 +288,7 @@ def resolve(site: str, source_base_url: str, policy: DownloadPolicy) -> Source:
     listed = file_list(source_base_url, policy)
     candidates = layouts(source_base_url, site)
     if listed:  # try the layout the list names first; a mirror may still hold the other
-        candidates.sort(key=lambda layout: not all(_name(u) in listed for u in layout.values()))
+        candidates.sort(key=lambda layout: not all(file_name(u) in listed for u in layout.values()))
     tried: list[str] = []
     for layout in candidates:
         archives: dict[str, RemoteArchive] = {}
@@ -312,10 +316,6 @@ def resolve(site: str, source_base_url: str, policy: DownloadPolicy) -> Source:
         "'ai.meta.stackexchange.com', listed at https://archive.org/download/stackexchange) "
         "and `source_base_url`"
     )
-
-
-def _name(url: str) -> str:
-    return urllib.parse.unquote(url.rsplit("/", 1)[-1])
 
 
 def _log_archive(archive: RemoteArchive, had_list: bool) -> None:
