@@ -8,6 +8,10 @@ PYTHON ?= python$(PYTHON_VERSION)
 UV_VERSION := 0.9.30
 VENV := .venv
 BIN := $(VENV)/bin
+# pytest-xdist workers: tests mostly wait on servers and subprocesses, so more workers than cores
+# pay; the Spark and local-stack tests each stay on one worker (tests/conftest.py groups them).
+TEST_WORKERS ?= 4
+PYTEST := $(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
 export PYTHONPATH := $(CURDIR)/dags:$(CURDIR)/notebooks:$(CURDIR)
 
 .DEFAULT_GOAL := help
@@ -37,11 +41,11 @@ parse: setup ## Import every DAG file as the DAG processor does: import errors, 
 	$(BIN)/python -m local.parse_dags
 
 test-fast: setup ## The tests without Spark, the local stack, a browser or the Kubernetes tooling
-	$(BIN)/pytest -m "not spark and not e2e and not browser and not k8s"
+	$(PYTEST) -m "not spark and not e2e and not browser and not k8s"
 
 test: setup java ## Run the whole test suite (installs Chromium for the browser tests when it can)
 	@$(BIN)/python -m local.stack.prerequisites chromium || echo "Without chromium the browser tests are skipped (in CI they fail)."
-	$(BIN)/pytest
+	$(PYTEST) --durations=25
 
 lint: setup ## ruff lint + format check
 	$(BIN)/ruff check .

@@ -37,16 +37,25 @@ os.environ.update(
 # `make test-fast` leaves out tests that start Spark (directly or through the stand-in); the
 # Kubernetes tooling's test modules mark themselves `k8s`.
 SPARK_FIXTURES = {"spark", "databricks_standin"}
+# Session fixtures too heavy to start once per pytest-xdist worker: every test that uses one runs
+# on the same worker (`--dist loadgroup`), which starts it once.
+HEAVY_FIXTURES = {"spark": SPARK_FIXTURES, "local-stack": {"local_stack"}}
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(_AIRFLOW_HOME, ignore_errors=True)
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if SPARK_FIXTURES & set(getattr(item, "fixturenames", ())):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if SPARK_FIXTURES & fixtures:
             item.add_marker(pytest.mark.spark)
+        for group, names in HEAVY_FIXTURES.items():
+            if names & fixtures:
+                item.add_marker(pytest.mark.xdist_group(group))
+                break
 
 
 @pytest.fixture(scope="session")
