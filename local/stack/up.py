@@ -148,6 +148,8 @@ def _start(options: Options, run_dir: Path, log: Log) -> StackInfo:
                 str(token_file),
                 "--warehouse",
                 str(warehouse),
+                "--state-dir",
+                str(run_dir / "databricks-state"),
                 "--s3-endpoint",
                 moto.url,
             ],
