@@ -359,8 +359,8 @@ def test_errors_have_databricks_status_and_shape(medallion) -> None:
         sdk.jobs.get_run(123)
     with pytest.raises(sdk_errors.InvalidParameterValue, match="Run 123 does not exist"):
         sdk.jobs.cancel_run(123)
-    with pytest.raises(sdk_errors.NotFound, match="No API found for 'POST /jobs/delete'"):
-        sdk.api_client.do("POST", "/api/2.2/jobs/delete", body={"job_id": 1})
+    with pytest.raises(sdk_errors.NotFound, match="No API found for 'POST /jobs/rename'"):
+        sdk.api_client.do("POST", "/api/2.2/jobs/rename", body={"job_id": 1})
     with pytest.raises(sdk_errors.NotFound, match="No API found for 'GET /jobs/runs/cancel'"):
         sdk.api_client.do("GET", "/api/2.1/jobs/runs/cancel")  # a POST endpoint
     with pytest.raises(sdk_errors.InvalidParameterValue, match="Invalid page_token"):
@@ -759,9 +759,11 @@ def test_repairing_a_run_in_progress_is_refused(medallion) -> None:
 def test_jobs_outside_the_bundle_are_refused_in_databricks_shape(medallion) -> None:
     served, _ = medallion()
     sdk = _sdk(served)
-    with pytest.raises(sdk_errors.NotImplemented, match="runs only the jobs of its bundle"):
+    with pytest.raises(sdk_errors.NotImplemented, match="does not serve jobs/create: it runs"):
         sdk.jobs.create(name="adhoc")
-    with pytest.raises(sdk_errors.NotImplemented, match="cannot create jobs or submit"):
+    with pytest.raises(sdk_errors.NotImplemented, match="does not serve jobs/delete"):
+        sdk.jobs.delete(1)
+    with pytest.raises(sdk_errors.NotImplemented, match="does not serve jobs/runs/submit"):
         sdk.jobs.submit(
             run_name="once",
             tasks=[SubmitTask(task_key="x", notebook_task=NotebookTask(notebook_path="/x"))],

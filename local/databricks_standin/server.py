@@ -376,15 +376,16 @@ class JobsApi:
             repair_id = self.runner.repair(run, chosen, parameters)
         return {"repair_id": repair_id}
 
-    def not_served(self, args: dict[str, Any], version: str) -> dict[str, Any]:
-        """What the stand-in does not do: define jobs or runs outside the bundle."""
+    def not_served(self, endpoint: str) -> ApiError:
+        """Jobs API endpoints the stand-in does not serve: jobs come from the bundle, runs stay."""
         names = ", ".join(sorted(job.name for job in self.jobs.values()))
-        raise ApiError(
+        return ApiError(
             HTTPStatus.NOT_IMPLEMENTED,
             "NOT_IMPLEMENTED",
-            "The Databricks stand-in runs only the jobs of its bundle (notebooks/databricks.yml "
-            f"and resources/*.job.yml: {names}); it cannot create jobs or submit one-time runs. "
-            "Define the job in the bundle, restart the stand-in, and use jobs/run-now.",
+            f"The Databricks stand-in does not serve {endpoint}: it runs only the jobs of its "
+            f"bundle (databricks.yml and resources/*.job.yml: {names}), which it cannot create, "
+            "change or delete, runs no one-time (submitted) runs, and keeps every run. Define "
+            "the job in the bundle, restart the stand-in, and use jobs/run-now.",
         )
 
     def get_run_output(self, args: dict[str, Any], version: str) -> dict[str, Any]:
@@ -450,9 +451,13 @@ ROUTES: dict[tuple[str, str], Handler] = {
     ("POST", "jobs/runs/cancel"): JobsApi.cancel_run,
     ("POST", "jobs/runs/cancel-all"): JobsApi.cancel_all_runs,
     ("POST", "jobs/runs/repair"): JobsApi.repair_run,
-    ("POST", "jobs/create"): JobsApi.not_served,
-    ("POST", "jobs/runs/submit"): JobsApi.not_served,
 }
+# Jobs API endpoints a client may call that the stand-in answers 501 NOT_IMPLEMENTED.
+NOT_SERVED = {
+    ("POST", "jobs/create"), ("POST", "jobs/update"), ("POST", "jobs/reset"),
+    ("POST", "jobs/delete"), ("POST", "jobs/runs/submit"), ("POST", "jobs/runs/delete"),
+    ("GET", "jobs/runs/export"),
+}  # fmt: skip
 
 
 def make_server(port: int, token: str, api: JobsApi) -> ThreadingHTTPServer:
@@ -487,6 +492,8 @@ def make_server(port: int, token: str, api: JobsApi) -> ThreadingHTTPServer:
                 body = self._body()
                 match = _PATH.match(url.path)
                 route = match and ROUTES.get((method, match["endpoint"]))
+                if match and (method, match["endpoint"]) in NOT_SERVED:
+                    raise api.not_served(match["endpoint"])
                 if not match or not route:
                     # Databricks names the path without its /api/<version> prefix.
                     endpoint = re.sub(r"^/api/[^/]+", "", url.path)
