@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--state-dir",
         type=Path,
-        help="directory keeping the runs across restarts (default: WAREHOUSE/../databricks-state)",
+        help="directory keeping the runs across restarts (default: WAREHOUSE/.databricks-state)",
     )
     parser.add_argument("--s3-endpoint", help="S3-compatible endpoint for s3:// job parameters")
     parser.add_argument("--bundle", type=Path, default=BUNDLE_DIR, help="bundle directory")
@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> None:
 
     token = _token(args.token_file)
     bundle, warehouse = args.bundle.resolve(), args.warehouse.resolve()
-    state_dir = (args.state_dir or warehouse.parent / "databricks-state").resolve()
+    # One warehouse, one workspace: by default the runs live with the tables.
+    state_dir = (args.state_dir or warehouse / ".databricks-state").resolve()
     jobs = dict(enumerate(load_jobs(bundle, args.target), start=1))
     warehouse.mkdir(parents=True, exist_ok=True)
     # Notebooks put their working directory on sys.path, as on Databricks: be in the bundle.
