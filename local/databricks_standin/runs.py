@@ -221,6 +221,7 @@ class JobRun(_Lifecycle):
     end_time: int = 0
     idempotency_token: str | None = None
     attempts: list[Attempt] = field(default_factory=list)  # the original run, then each repair
+    # (never empty once the Runner made the run)
     started: bool = False  # the worker took it (else a cancel ends it at once)
     cancelled: threading.Event = field(default_factory=threading.Event)
 
@@ -230,12 +231,12 @@ class JobRun(_Lifecycle):
 
     @property
     def latest_repair_id(self) -> int | None:
-        return self.attempts[-1].repair_id if self.attempts else None
+        return self.attempts[-1].repair_id
 
     def current_tasks(self) -> list[TaskRun]:
         """The task runs the current attempt (the run, or its latest repair) executes."""
-        ids = set(self.attempts[-1].task_run_ids) if self.attempts else None
-        return [task for task in self.tasks if ids is None or task.run_id in ids]
+        ids = set(self.attempts[-1].task_run_ids)
+        return [task for task in self.tasks if task.run_id in ids]
 
     def to_record(self) -> dict[str, Any]:
         skip = ("job", "tasks", "attempts", "started", "cancelled", "run_page_url")
@@ -510,7 +511,7 @@ class Runner:
         with self.lock:
             target.result_state, target.state_message = result_state, message
             target.life_cycle_state = life_cycle_state
-            if isinstance(target, JobRun) and target.attempts:
+            if isinstance(target, JobRun):
                 attempt = target.attempts[-1]  # the repair history shows each attempt's state
                 attempt.life_cycle_state, attempt.result_state = life_cycle_state, result_state
                 attempt.state_message, attempt.end_time = message, target.end_time
