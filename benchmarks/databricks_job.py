@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
         rows = read_table(work / "warehouse", "silver_posts").num_rows
 
     print(f"dump: {args.posts} posts ({posts_mb:.0f} MB Posts.xml), {args.users} users")
-    print(f"stand-in startup (Spark session): {startup:.1f} s")
+    print(f"stand-in startup (until it listens; Spark starts in run 1): {startup:.1f} s")
     print(f"job run 1 (fresh JVM): {first:.1f} s {first_result}")
     print(f"job run 2 (warm, silver upsert of unchanged rows): {second:.1f} s {second_result}")
     print(f"silver_posts rows: {rows}")

@@ -6,6 +6,9 @@ Imported by conftest.py so every test module can use them.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -43,25 +46,43 @@ class StandIn:
     s3_endpoint: str
 
 
-@pytest.fixture(scope="session")
-def databricks_standin(
-    tmp_path_factory: pytest.TempPathFactory, moto_server: str
+def write_bundle(directory: Path, job_name: str, parameters: list[str], *cells: str) -> Path:
+    """A bundle with one job of one notebook task ``run`` made of ``cells`` (no Spark unless the
+    cells use it); its parameters default to "". Returns the bundle directory."""
+    (directory / "resources").mkdir(parents=True)
+    (directory / "databricks.yml").write_text(
+        "bundle: {name: test}\ninclude: [resources/*.job.yml]\n"
+    )
+    job = {
+        "name": job_name,
+        "max_concurrent_runs": 1,
+        "queue": {"enabled": True},
+        "parameters": [{"name": name, "default": ""} for name in parameters],
+        "tasks": [{"task_key": "run", "notebook_task": {"notebook_path": "../run.ipynb"}}],
+    }
+    (directory / "resources" / "test.job.yml").write_text(
+        json.dumps({"resources": {"jobs": {"test": job}}})  # JSON is YAML
+    )
+    notebook = {"cells": [{"cell_type": "code", "source": [cell]} for cell in cells]}
+    (directory / "run.ipynb").write_text(json.dumps(notebook))
+    return directory
+
+
+@contextlib.contextmanager
+def standin_process(
+    workdir: Path, *options: str, port: int | None = None, env: Mapping[str, str] | None = None
 ) -> Iterator[StandIn]:
-    """``python -m local.databricks_standin`` as a subprocess, as the local stack starts it.
-
-    ``s3://`` job parameters are read from the session's moto server.
-    """
-
-    workdir = tmp_path_factory.mktemp("standin")
+    """``python -m local.databricks_standin`` as a subprocess, as the local stack starts it:
+    token, warehouse and (unless ``options`` name another) state directory under ``workdir``.
+    Yields once it listens; stopped (SIGTERM) at the end."""
     token_file = workdir / "token"
     token_file.write_text(TOKEN)
-    port = free_port()
+    port = port or free_port()
     command = [
         sys.executable, "-m", "local.databricks_standin", "--port", str(port),
-        "--token-file", str(token_file), "--warehouse", str(workdir / "warehouse"),
-        "--s3-endpoint", moto_server,
+        "--token-file", str(token_file), "--warehouse", str(workdir / "warehouse"), *options,
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **DUMMY_AWS_ENV}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **DUMMY_AWS_ENV, **(env or {})}
     with (
         tempfile.TemporaryFile(mode="w+") as log,
         subprocess.Popen(
@@ -77,12 +98,21 @@ def databricks_standin(
             log.seek(0)
             pytest.fail(f"stand-in did not start (exit {process.wait()}):\n{log.read()[-3000:]}")
         try:
-            yield StandIn(
-                f"http://127.0.0.1:{port}", port, TOKEN, workdir / "warehouse", moto_server
-            )
+            yield StandIn(f"http://127.0.0.1:{port}", port, TOKEN, workdir / "warehouse", "")
         finally:
             process.terminate()
             process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def databricks_standin(
+    tmp_path_factory: pytest.TempPathFactory, moto_server: str
+) -> Iterator[StandIn]:
+    """The stand-in subprocess running the bundle's job; ``s3://`` job parameters are read from
+    the session's moto server."""
+    workdir = tmp_path_factory.mktemp("standin")
+    with standin_process(workdir, "--s3-endpoint", moto_server) as standin:
+        yield dataclasses.replace(standin, s3_endpoint=moto_server)
 
 
 class ScriptedTasks:

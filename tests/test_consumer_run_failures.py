@@ -3,7 +3,8 @@
 Real operator and trigger code (provider 7.4.0) against an in-process stand-in over HTTP, with
 scripted task bodies: a run can fail before the operator's first look (the provider alone lets
 that pass when deferrable), fail while the task is deferred (the trigger runs to its event,
-then ``execute_complete``), be skipped at once, or succeed on either path.
+then ``execute_complete``), be skipped at once, or succeed on either path. And against the
+stand-in process: a run lost when the stand-in restarts fails the task that waits for it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from airflow.exceptions import AirflowException, TaskDeferred
 
 from local import services
 from local.databricks_standin.bundle import load_jobs
-from tests.databricks_fixtures import ScriptedTasks, ServedJobs
+from tests.databricks_fixtures import ScriptedTasks, ServedJobs, standin_process, write_bundle
 
 SITE = "ai.meta.stackexchange.com"
 TERMINAL = ("TERMINATED", "SKIPPED", "INTERNAL_ERROR")
@@ -237,3 +238,42 @@ def test_no_trigger_event_is_not_a_success(standin) -> None:
 def test_repairing_runs_is_refused() -> None:
     with pytest.raises(ValueError, match="does not repair runs"):
         _operator(repair_run=True)
+
+
+def test_a_run_lost_in_a_standin_restart_fails_the_deferred_task(tmp_path, monkeypatch) -> None:
+    """The stand-in process stops while the deferred task's run runs, and starts again on the
+    same state directory and port: the trigger sees that run end INTERNAL_ERROR, not the run a
+    new client started after the restart."""
+    from stackexchange.databricks_job import job_parameters
+
+    sent = list(job_parameters(_context()["triggering_asset_events"]))
+    bundle = write_bundle(
+        tmp_path / "bundle", "stackexchange_medallion", sent, "import time", "time.sleep(600)"
+    )
+    options = ("--bundle", str(bundle), "--phase-seconds", "0")
+    port = services.free_port()
+    with standin_process(tmp_path, *options, port=port) as first:
+        conn = services.databricks_conn(first.url, first.token)
+        monkeypatch.setenv("AIRFLOW_CONN_DATABRICKS_CONN", conn)
+        deferred = _defer(_operator())  # the run is RUNNING (its notebook sleeps)
+    run_id = deferred.trigger.run_id
+    with standin_process(tmp_path, *options, port=port) as second:
+        new_run = requests.post(
+            f"{second.url}/api/2.2/jobs/run-now",
+            json={"job_id": 1},
+            headers={"Authorization": f"Bearer {second.token}"},
+            timeout=5,
+        ).json()["run_id"]
+        # A bounded wait: with repeated ids the trigger would follow the new run's long sleep.
+        event = asyncio.run(asyncio.wait_for(_first_event(deferred.trigger), timeout=60))
+        with pytest.raises(AirflowException) as raised:
+            _operator().execute_complete(_context(), event.payload)
+    assert new_run > run_id
+    assert event.payload["run_id"] == run_id
+    assert json.loads(event.payload["run_state"])["life_cycle_state"] == "INTERNAL_ERROR"
+    message = str(raised.value)
+    assert f"Databricks run {run_id} ended INTERNAL_ERROR with result FAILED" in message
+    assert f"Run {run_id} was lost: the Databricks stand-in stopped while the run was RUNNING" in (
+        message
+    )
+    assert f"Run page: {second.url}/runs/{run_id}" in message

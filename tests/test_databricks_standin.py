@@ -13,6 +13,9 @@ import dataclasses
 import http.client
 import json
 import os
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -22,7 +25,7 @@ import pytest
 import requests
 from databricks.sdk import WorkspaceClient
 from databricks.sdk import errors as sdk_errors
-from databricks.sdk.service.jobs import RunLifeCycleState
+from databricks.sdk.service.jobs import NotebookTask, RunLifeCycleState, SubmitTask
 
 from local import services
 from local.databricks_standin import read_table
@@ -32,7 +35,13 @@ from local.databricks_standin.notebooks import Widgets, run_notebook
 from local.databricks_standin.s3_inputs import local_path
 from local.sample_dump import write_site
 from local.services import s3_client
-from tests.databricks_fixtures import ScriptedTasks, ServedJobs, StandIn
+from tests.databricks_fixtures import (
+    ScriptedTasks,
+    ServedJobs,
+    StandIn,
+    standin_process,
+    write_bundle,
+)
 
 JOB = "stackexchange_medallion"
 
@@ -350,8 +359,10 @@ def test_errors_have_databricks_status_and_shape(medallion) -> None:
         sdk.jobs.get_run(123)
     with pytest.raises(sdk_errors.InvalidParameterValue, match="Run 123 does not exist"):
         sdk.jobs.cancel_run(123)
-    with pytest.raises(sdk_errors.NotFound, match="No API found for 'GET /api/2.0/jobs/list'"):
-        sdk.api_client.do("GET", "/api/2.0/jobs/list")
+    with pytest.raises(sdk_errors.NotFound, match="No API found for 'POST /jobs/rename'"):
+        sdk.api_client.do("POST", "/api/2.2/jobs/rename", body={"job_id": 1})
+    with pytest.raises(sdk_errors.NotFound, match="No API found for 'GET /jobs/runs/cancel'"):
+        sdk.api_client.do("GET", "/api/2.1/jobs/runs/cancel")  # a POST endpoint
     with pytest.raises(sdk_errors.InvalidParameterValue, match="Invalid page_token"):
         list(sdk.jobs.list(page_token="not-a-token"))
     with pytest.raises(sdk_errors.InvalidParameterValue, match="cannot both be true"):
@@ -464,3 +475,319 @@ def test_dbutils_notebook_exit_ends_the_notebook_with_its_value(tmp_path: Path) 
     ]}))  # fmt: skip
     result = run_notebook(notebook, None, Widgets({"site": "ai"}), str)  # type: ignore[arg-type]
     assert result == "AI"  # and the third cell never ran
+
+
+# --- Restarts: runs outlive the process, ids never repeat -------------------------------------
+
+
+def _wait_for(predicate: Callable[[], object], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_after_a_restart_runs_remain_ids_go_on_and_a_lost_run_is_internal_error(
+    tmp_path: Path,
+) -> None:
+    """The stand-in process stopped while a run ran, then started on the same state directory:
+    the old ids answer for the old runs, never for a new one."""
+    bundle = write_bundle(
+        tmp_path / "bundle",
+        "waiter",
+        ["seconds"],
+        "import time",
+        "time.sleep(float(dbutils.widgets.get('seconds')))",
+        "dbutils.notebook.exit('slept')",
+    )
+    options = ("--bundle", str(bundle), "--state-dir", str(tmp_path / "state"))
+    with standin_process(tmp_path, *options, "--phase-seconds", "0") as first:
+        sdk = WorkspaceClient(host=first.url, token=first.token)
+        done = sdk.jobs.run_now(1, job_parameters={"seconds": "0"}).result(
+            timeout=timedelta(seconds=30)
+        )
+        lost = sdk.jobs.run_now(1, job_parameters={"seconds": "600"}, idempotency_token="t-1")
+        _wait_for(
+            lambda: sdk.jobs.get_run(lost.run_id).tasks[0].state.life_cycle_state.value
+            == "RUNNING",
+            "the notebook to run",
+        )
+    assert done.state.result_state.value == "SUCCESS"
+    old_ids = {done.run_id, lost.run_id, done.tasks[0].run_id}
+
+    with standin_process(tmp_path, *options, "--phase-seconds", "0") as second:
+        sdk = WorkspaceClient(host=second.url, token=second.token)
+        kept = sdk.jobs.get_run(done.run_id)
+        assert kept.state.result_state.value == "SUCCESS"
+        assert kept.run_page_url == f"{second.url}/runs/{done.run_id}"  # this process's URL
+        assert sdk.jobs.get_run_output(kept.tasks[0].run_id).notebook_output.result == "slept"
+
+        gone = sdk.jobs.get_run(lost.run_id)
+        assert gone.state.life_cycle_state == RunLifeCycleState.INTERNAL_ERROR
+        assert gone.state.result_state.value == "FAILED"
+        assert gone.state.state_message.startswith(f"Run {lost.run_id} was lost:")
+        assert "outcome is unknown" in gone.state.state_message
+        assert gone.status.termination_details.code.value == "INTERNAL_ERROR"
+        assert "was lost" in sdk.jobs.get_run_output(gone.tasks[0].run_id).error
+        # The token still names the lost run: it is never run twice.
+        again = sdk.jobs.run_now(1, job_parameters={"seconds": "0"}, idempotency_token="t-1")
+        assert again.run_id == lost.run_id
+
+        new = sdk.jobs.run_now(1, job_parameters={"seconds": "0"}).result(
+            timeout=timedelta(seconds=30)
+        )
+        assert new.state.result_state.value == "SUCCESS"  # the lost run holds no slot
+        assert min(new.run_id, new.tasks[0].run_id) > max(old_ids)
+        listed = [run.run_id for run in sdk.jobs.list_runs(job_id=1)]
+        assert listed == [new.run_id, lost.run_id, done.run_id]
+        with pytest.raises(sdk_errors.ResourceDoesNotExist, match=r"^Run 99999 does not exist"):
+            sdk.jobs.get_run(99999)  # an id never given out is still unknown
+
+
+def test_a_second_standin_on_the_same_state_directory_is_refused(tmp_path: Path) -> None:
+    bundle = write_bundle(tmp_path / "bundle", "idle", [], "pass")
+    state = tmp_path / "state"
+    with standin_process(tmp_path, "--bundle", str(bundle), "--state-dir", str(state)):
+        (tmp_path / "token2").write_text("testing")
+        second = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "local.databricks_standin",
+                "--port",
+                "1",
+                "--token-file",
+                str(tmp_path / "token2"),
+                "--warehouse",
+                str(tmp_path / "w2"),
+                "--bundle",
+                str(bundle),
+                "--state-dir",
+                str(state),
+            ],  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        )
+    assert second.returncode != 0
+    assert f"The state directory {state} is in use by another Databricks stand-in" in (
+        second.stderr
+    )
+
+
+# --- Requests: the token first; listings, repairs and what the stand-in does not serve --------
+
+
+def test_a_bad_token_is_refused_before_the_body_is_read(medallion) -> None:
+    served, _ = medallion()
+    connection = http.client.HTTPConnection("127.0.0.1", served.port, timeout=5)
+    connection.putrequest("POST", "/api/2.2/jobs/run-now")
+    connection.putheader("Authorization", "Bearer wrong")
+    connection.putheader("Content-Length", str(10**12))  # a terabyte that is never sent
+    connection.endheaders()
+    response = connection.getresponse()  # answered at once: the server did not wait for it
+    assert response.status == 403
+    assert json.loads(response.read()) == {
+        "error_code": "403",
+        "message": "Invalid access token.",
+    }
+    connection.close()
+
+    connection = http.client.HTTPConnection("127.0.0.1", served.port, timeout=5)
+    connection.putrequest("POST", "/api/2.2/jobs/run-now")
+    connection.putheader("Authorization", f"Bearer {served.token}")
+    connection.putheader("Content-Length", str(10**12))
+    connection.endheaders()
+    response = connection.getresponse()
+    assert response.status == 413
+    assert "is over" in json.loads(response.read())["message"]
+    connection.close()
+
+
+def test_runs_list_filters_by_start_time_type_and_state(medallion) -> None:
+    served, _ = medallion()
+    sdk = _sdk(served)
+    runs = []
+    for _ in range(3):
+        runs.append(
+            sdk.jobs.run_now(1, job_parameters=PARAMS).result(timeout=timedelta(seconds=10))
+        )
+        time.sleep(0.01)  # distinct start times (milliseconds)
+    first, second, third = runs
+    assert first.start_time < second.start_time < third.start_time
+
+    def ids(**filters) -> list[int]:
+        return [run.run_id for run in sdk.jobs.list_runs(**filters)]
+
+    assert ids(start_time_from=second.start_time) == [third.run_id, second.run_id]
+    assert ids(start_time_to=second.start_time) == [second.run_id, first.run_id]
+    assert ids(start_time_from=second.start_time, start_time_to=second.start_time) == [
+        second.run_id
+    ]
+    assert ids(start_time_from=third.start_time + 1) == []
+    assert ids(job_id=1, completed_only=True, limit=2) == [r.run_id for r in reversed(runs)]
+    page = _api(served, "GET", "/api/2.2/jobs/runs/list", params={"limit": 1, "offset": 1}).json()
+    assert [run["run_id"] for run in page["runs"]] == [second.run_id] and page["has_more"]
+    from databricks.sdk.service.jobs import RunType
+
+    assert ids(run_type=RunType.SUBMIT_RUN) == []
+    response = _api(served, "GET", "/api/2.1/jobs/runs/list", params={"run_type": "NIGHTLY"})
+    assert response.status_code == 400 and "run_type must be one of" in response.json()["message"]
+
+
+def test_2_2_listings_show_100_tasks_and_has_more_and_the_sdk_fetches_the_rest(
+    serve_jobs,
+) -> None:
+    many = tuple(Task(f"t{i:03}", Path(f"t{i}.ipynb"), ()) for i in range(150))
+    served = serve_jobs({1: Job("wide", {}, many, 0)}, ScriptedTasks())
+    sdk = _sdk(served)
+    run_id = sdk.jobs.run_now(1).result(timeout=timedelta(seconds=30)).run_id
+
+    expanded = {"expand_tasks": "true"}
+    listed = _api(served, "GET", "/api/2.2/jobs/runs/list", params=expanded).json()["runs"][0]
+    assert len(listed["tasks"]) == 100 and listed["has_more"] is True
+    whole = _api(served, "GET", "/api/2.1/jobs/runs/list", params=expanded).json()["runs"][0]
+    assert len(whole["tasks"]) == 150 and "has_more" not in whole
+    job = _api(served, "GET", "/api/2.2/jobs/list", params=expanded).json()["jobs"][0]
+    assert len(job["settings"]["tasks"]) == 100 and job["has_more"] is True
+
+    first = _api(served, "GET", "/api/2.2/jobs/runs/get", params={"run_id": run_id}).json()
+    assert len(first["tasks"]) == 100 and first["next_page_token"]
+    # The SDK follows has_more (listings) and next_page_token (runs/get) to every task.
+    assert len(sdk.jobs.get_run(run_id).tasks) == 150
+    assert [len(run.tasks) for run in sdk.jobs.list_runs(expand_tasks=True)] == [150]
+    assert [len(job.settings.tasks) for job in sdk.jobs.list(expand_tasks=True)] == [150]
+
+
+def test_a_cancelled_notebook_that_finishes_anyway_does_not_succeed(medallion) -> None:
+    served, tasks = medallion()
+    started, proceed = threading.Event(), threading.Event()
+
+    def ignores_cancel(params) -> str:  # Python code that a Spark job cancel does not stop
+        started.set()
+        proceed.wait(10)
+        return "finished"
+
+    tasks.bodies["bronze_posts"] = ignores_cancel
+    sdk = _sdk(served)
+    run_id = sdk.jobs.run_now(1, job_parameters=PARAMS).run_id
+    assert started.wait(10)
+    waiter = sdk.jobs.cancel_run(run_id)
+    proceed.set()  # the notebook ends normally after the cancel
+    run = waiter.result(timeout=timedelta(seconds=10))
+    assert run.state.result_state.value == "CANCELED"
+    by_key = {task.task_key: task for task in run.tasks}
+    assert by_key["bronze_posts"].state.result_state.value == "CANCELED"
+    assert {
+        by_key[key].state.life_cycle_state.value for key in by_key if key != "bronze_posts"
+    } == {"SKIPPED"}
+    output = sdk.jobs.get_run_output(by_key["bronze_posts"].run_id)
+    assert output.notebook_output.result is None  # the outcome was discarded
+
+
+def test_repair_reruns_failed_tasks_in_the_same_run_with_its_history(medallion) -> None:
+    served, tasks = medallion()
+    broken = {"users": True}
+
+    def bronze_users(params) -> str:
+        if broken["users"]:
+            raise FileNotFoundError(f"no object at {params['users_uri']}")
+        return "users"
+
+    tasks.bodies["bronze_users"] = bronze_users
+    sdk = _sdk(served)
+    failed = sdk.jobs.run_now(1, job_parameters=PARAMS).result(timeout=timedelta(seconds=10))
+    assert failed.state.result_state.value == "FAILED"
+    before = {task.task_key: task for task in failed.tasks}
+    assert before["gold_post_users"].state.result_state.value == "UPSTREAM_FAILED"
+
+    with pytest.raises(sdk_errors.InvalidParameterValue, match="Exactly one of rerun_tasks"):
+        sdk.jobs.repair_run(
+            failed.run_id, rerun_tasks=["bronze_users"], rerun_all_failed_tasks=True
+        )
+    with pytest.raises(sdk_errors.InvalidParameterValue, match=r"no task\(s\) \['nope'\]"):
+        sdk.jobs.repair_run(failed.run_id, rerun_tasks=["nope"])
+    with pytest.raises(sdk_errors.InvalidParameterValue, match="is a task run"):
+        sdk.jobs.repair_run(before["bronze_users"].run_id, rerun_all_failed_tasks=True)
+
+    broken["users"] = False
+    waiter = sdk.jobs.repair_run(failed.run_id, rerun_all_failed_tasks=True)
+    repair_id = waiter.response.repair_id
+    repaired = waiter.result(timeout=timedelta(seconds=10))
+    assert repaired.run_id == failed.run_id
+    assert repaired.state.result_state.value == "SUCCESS"
+    after = {task.task_key: task for task in repaired.tasks}
+    rerun = {"bronze_users", "gold_post_users"}  # the failed task and the one it skipped
+    for key, task in after.items():
+        assert task.state.result_state.value == "SUCCESS"
+        assert (task.run_id != before[key].run_id) == (key in rerun), key
+    history = sdk.jobs.get_run(failed.run_id, include_history=True).repair_history
+    assert [(item.type.value, item.id) for item in history] == [
+        ("ORIGINAL", None),
+        ("REPAIR", repair_id),
+    ]
+    assert history[0].state.result_state.value == "FAILED"
+    assert history[1].state.result_state.value == "SUCCESS"
+    assert set(history[1].task_run_ids) == {after[key].run_id for key in rerun}
+    # The first attempt's task run keeps its error.
+    assert "no object at" in sdk.jobs.get_run_output(before["bronze_users"].run_id).error
+
+    with pytest.raises(sdk_errors.InvalidParameterValue, match="latest repair ID needs to be"):
+        sdk.jobs.repair_run(failed.run_id, rerun_tasks=["silver_posts"])
+    with pytest.raises(sdk_errors.InvalidParameterValue, match="no failed tasks to repair"):
+        sdk.jobs.repair_run(failed.run_id, rerun_all_failed_tasks=True, latest_repair_id=repair_id)
+    again = sdk.jobs.repair_run(
+        failed.run_id,
+        rerun_tasks=["silver_posts"],
+        rerun_dependent_tasks=True,
+        latest_repair_id=repair_id,
+    ).result(timeout=timedelta(seconds=10))
+    rerun_now = {t.task_key for t in again.tasks if t.run_id != after[t.task_key].run_id}
+    assert rerun_now == {"silver_posts", "gold_post_users", "gold_most_popular_tags"}
+
+
+def test_repairing_a_run_in_progress_is_refused(medallion) -> None:
+    served, tasks = medallion()
+    tasks.hold("bronze_posts")
+    sdk = _sdk(served)
+    run_id = sdk.jobs.run_now(1, job_parameters=PARAMS).run_id
+    with pytest.raises(sdk_errors.InvalidParameterValue, match="only a run that has ended"):
+        sdk.jobs.repair_run(run_id, rerun_all_failed_tasks=True)
+
+
+def test_jobs_outside_the_bundle_are_refused_in_databricks_shape(medallion) -> None:
+    served, _ = medallion()
+    sdk = _sdk(served)
+    with pytest.raises(sdk_errors.NotImplemented, match="does not serve jobs/create: it runs"):
+        sdk.jobs.create(name="adhoc")
+    with pytest.raises(sdk_errors.NotImplemented, match="does not serve jobs/delete"):
+        sdk.jobs.delete(1)
+    with pytest.raises(sdk_errors.NotImplemented, match="does not serve jobs/runs/submit"):
+        sdk.jobs.submit(
+            run_name="once",
+            tasks=[SubmitTask(task_key="x", notebook_task=NotebookTask(notebook_path="/x"))],
+        )
+    response = _api(served, "POST", "/api/2.1/jobs/runs/submit", json={"tasks": []})
+    assert response.status_code == 501 and response.json()["error_code"] == "NOT_IMPLEMENTED"
+
+
+def test_the_2_0_paths_answer_as_2_1(medallion) -> None:
+    """The legacy databricks-cli calls Jobs API 2.0."""
+    served, _ = medallion()
+    jobs = _api(served, "GET", "/api/2.0/jobs/list").json()["jobs"]
+    assert [job["settings"]["name"] for job in jobs] == [MEDALLION.name]
+    run_id = _api(
+        served, "POST", "/api/2.0/jobs/run-now", json={"job_id": 1, "job_parameters": PARAMS}
+    ).json()["run_id"]
+    _states(served, run_id)
+    run = _api(served, "GET", "/api/2.0/jobs/runs/get", params={"run_id": run_id}).json()
+    assert run["state"]["result_state"] == "SUCCESS" and "status" not in run
+    listed = _api(served, "GET", "/api/2.0/jobs/runs/list", params={"job_id": 1}).json()
+    assert [r["run_id"] for r in listed["runs"]] == [run_id]
+    response = _api(served, "GET", "/api/2.0/jobs/runs/get", params={"run_id": 5})
+    assert response.status_code == 400
+    assert response.json() == {
+        "error_code": "INVALID_PARAMETER_VALUE",
+        "message": "Run 5 does not exist.",
+    }

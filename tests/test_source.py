@@ -155,9 +155,14 @@ def test_list_entry_without_a_valid_checksum_gives_none() -> None:
             f'<files><file name="{SINGLE}"><sha1>{"0" * 40}</sha1></file></files>',
             "DOCTYPE",
         ),
+        (  # no entity at all: the DOCTYPE alone is refused (an external DTD is never read)
+            '<?xml version="1.0"?><!DOCTYPE files SYSTEM "http://127.0.0.1:9/files.dtd">'
+            f'<files><file name="{SINGLE}"><sha1>{"0" * 40}</sha1></file></files>',
+            "DOCTYPE",
+        ),
         ("<html><body>Item not available", "no element found|unclosed token"),
     ],
-    ids=["doctype", "not-xml"],
+    ids=["doctype-with-entity", "doctype-external-dtd", "not-xml"],
 )
 def test_unusable_list_is_logged_and_probing_continues(
     mirror: Path, caplog: pytest.LogCaptureFixture, body: str, reason: str
@@ -266,3 +271,14 @@ def test_file_url_outside_the_root_is_refused(
     monkeypatch.setenv(url_policy.FILE_ROOT_ENV, str(root))
     with pytest.raises(url_policy.InvalidSourceParam, match=url_policy.FILE_ROOT_ENV):
         source.resolve(SITE, f"{root.as_uri()}/../mirror", POLICY)
+
+
+def test_a_list_expanding_entities_is_refused_before_any_expansion() -> None:
+    """The "billion laughs" shape: nested entities that would expand to gigabytes."""
+    laughs = "".join(f'<!ENTITY l{i} "{f"&l{i - 1};" * 10}">' for i in range(1, 10))
+    body = (
+        f'<?xml version="1.0"?><!DOCTYPE files [<!ENTITY l0 "ha">{laughs}]>'
+        f'<files><file name="{SINGLE}"><md5>&l9;</md5></file></files>'
+    )
+    with pytest.raises(source.SourceError, match="declares a DOCTYPE; refusing to parse it"):
+        source.parse_file_list(body.encode())

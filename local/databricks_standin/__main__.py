@@ -1,8 +1,9 @@
 """Local Databricks Jobs API stand-in (a development tool, not Databricks).
 
-Serves, on 127.0.0.1, the Jobs API 2.2/2.1 calls the Airflow provider, the Databricks SDK and CLI
-make for the bundle's job, and runs that job's notebooks on a local Spark session. Prints
-``databricks stand-in listening on http://127.0.0.1:P`` when ready.
+Serves, on 127.0.0.1, the Jobs API 2.2/2.1/2.0 calls the Airflow provider, the Databricks SDK and
+CLI make for the bundle's job, and runs that job's notebooks on a local Spark session (started by
+the first notebook that uses it). Runs are kept in the state directory, so run ids never repeat
+across restarts. Prints ``databricks stand-in listening on http://127.0.0.1:P`` when ready.
 Usage: ``python -m local.databricks_standin --port P --token-file F --warehouse DIR``
 """
 
@@ -17,6 +18,7 @@ from pathlib import Path
 from local.databricks_standin.bundle import BUNDLE_DIR, load_jobs
 from local.databricks_standin.runs import Runner
 from local.databricks_standin.server import JobsApi, make_server
+from local.databricks_standin.store import StateDir, StateDirInUse
 
 DUMMY_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "standin", "AWS_SECRET_ACCESS_KEY": "standin"}
 
@@ -49,6 +51,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True, help="port on 127.0.0.1")
     parser.add_argument("--token-file", type=Path, required=True, help="file holding the token")
     parser.add_argument("--warehouse", type=Path, required=True, help="directory for the tables")
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        help="directory keeping the runs across restarts (default: WAREHOUSE/.databricks-state)",
+    )
     parser.add_argument("--s3-endpoint", help="S3-compatible endpoint for s3:// job parameters")
     parser.add_argument("--bundle", type=Path, default=BUNDLE_DIR, help="bundle directory")
     parser.add_argument("--target", help="bundle target for ${var.*} (default: its default)")
@@ -64,6 +71,8 @@ def main(argv: list[str] | None = None) -> None:
 
     token = _token(args.token_file)
     bundle, warehouse = args.bundle.resolve(), args.warehouse.resolve()
+    # One warehouse, one workspace: by default the runs live with the tables.
+    state_dir = (args.state_dir or warehouse / ".databricks-state").resolve()
     jobs = dict(enumerate(load_jobs(bundle, args.target), start=1))
     warehouse.mkdir(parents=True, exist_ok=True)
     # Notebooks put their working directory on sys.path, as on Databricks: be in the bundle.
@@ -74,24 +83,33 @@ def main(argv: list[str] | None = None) -> None:
     from local.databricks_standin.notebooks import NotebookTasks
     from local.databricks_standin.spark import lean_session
 
-    spark = lean_session(warehouse)
-    spark.sparkContext.setLogLevel("ERROR")
+    def session():  # -> SparkSession, started by the first notebook that uses it
+        spark = lean_session(warehouse)
+        spark.sparkContext.setLogLevel("ERROR")
+        return spark
+
+    notebooks = NotebookTasks(session, args.s3_endpoint)
     base_url = f"http://127.0.0.1:{args.port}"
     try:
-        runner = Runner(NotebookTasks(spark, args.s3_endpoint), base_url, args.phase_seconds)
+        state = StateDir(state_dir)
+    except (StateDirInUse, OSError) as error:
+        raise SystemExit(str(error)) from None
+    try:
+        runner = Runner(notebooks, base_url, args.phase_seconds, state)
         server = make_server(args.port, token, JobsApi(jobs, runner))
+    except ValueError as error:  # an unreadable state file
+        raise SystemExit(str(error)) from None
     except OSError as error:
-        spark.stop()
         raise SystemExit(f"Cannot listen on 127.0.0.1:{args.port}: {error}") from None
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     names = ", ".join(f"{job.name} (job_id {job_id})" for job_id, job in jobs.items())
-    print(f"jobs: {names}; warehouse: {warehouse}", flush=True)
+    print(f"jobs: {names}; warehouse: {warehouse}; state: {state_dir}", flush=True)
     print(f"databricks stand-in listening on {base_url}", flush=True)
     try:
         server.serve_forever()
     finally:
         server.server_close()
-        spark.stop()
+        notebooks.stop()
 
 
 if __name__ == "__main__":

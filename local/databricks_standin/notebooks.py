@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -63,17 +64,18 @@ class _Reader:
 
 
 class _Session:
-    """The notebook's ``spark``: the real session, with ``spark.read`` mapping paths."""
+    """The notebook's ``spark``: the real session (got at its first use), with ``spark.read``
+    mapping paths."""
 
-    def __init__(self, spark: SparkSession, resolve: Callable[[str], str]) -> None:
+    def __init__(self, spark: Callable[[], SparkSession], resolve: Callable[[str], str]) -> None:
         self._spark, self._resolve = spark, resolve
 
     @property
     def read(self) -> _Reader:
-        return _Reader(self._spark.read, self._resolve)
+        return _Reader(self._spark().read, self._resolve)
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._spark, name)
+        return getattr(self._spark(), name)
 
 
 class NotebookExit(Exception):
@@ -103,11 +105,15 @@ def code_cells(notebook: Path) -> list[str]:
 
 
 def run_notebook(
-    notebook: Path, spark: SparkSession, widgets: Widgets, resolve: Callable[[str], str]
+    notebook: Path,
+    spark: Callable[[], SparkSession],
+    widgets: Widgets,
+    resolve: Callable[[str], str],
 ) -> str | None:
     """Execute the notebook's code cells in one fresh namespace; exceptions propagate.
 
-    ``resolve`` maps each path the notebook reads (the stand-in fetches ``s3://`` objects).
+    ``spark`` gives the session when the notebook first uses it; ``resolve`` maps each path the
+    notebook reads (the stand-in fetches ``s3://`` objects).
     Returns the value given to ``dbutils.notebook.exit``, if the notebook called it.
     """
     namespace: dict[str, object] = {
@@ -126,22 +132,46 @@ def run_notebook(
 class NotebookTasks:
     """The stand-in's ``TaskExecutor``: a task's notebook on the shared local Spark session.
 
-    Each task run is a Spark job group, so cancelling the run cancels its Spark jobs.
+    The session starts when a notebook first uses ``spark`` (as a job cluster starts for its
+    first task), so the stand-in itself starts in a second. Each task run is a Spark job group:
+    cancelling the run cancels its Spark jobs (Python code between them is not interrupted; the
+    runner discards the outcome of a cancelled task).
     """
 
-    def __init__(self, spark: SparkSession, s3_endpoint: str | None) -> None:
-        self.spark = spark
+    def __init__(self, session: Callable[[], SparkSession], s3_endpoint: str | None) -> None:
+        self._start_session = session
+        self._session: SparkSession | None = None
+        self._lock = threading.Lock()
         self.s3_endpoint = s3_endpoint
 
+    def session(self) -> SparkSession:
+        with self._lock:
+            if self._session is None:
+                self._session = self._start_session()
+            return self._session
+
     def run(self, task_run_id: int, task: Task, parameters: Mapping[str, str]) -> str | None:
-        self.spark.sparkContext.setJobGroup(f"task-{task_run_id}", task.key, True)
+        grouped: list[bool] = []
+
+        def spark() -> SparkSession:
+            session = self.session()
+            if not grouped:  # this thread's Spark jobs from now on belong to the task run
+                session.sparkContext.setJobGroup(f"task-{task_run_id}", task.key, True)
+                grouped.append(True)
+            return session
+
         inputs = S3Inputs(self.s3_endpoint)
         try:
-            return run_notebook(
-                task.notebook, self.spark, Widgets(dict(parameters)), inputs.resolve
-            )
+            return run_notebook(task.notebook, spark, Widgets(dict(parameters)), inputs.resolve)
         finally:
             inputs.cleanup()
 
     def cancel(self, task_run_id: int) -> None:
-        self.spark.sparkContext.cancelJobGroup(f"task-{task_run_id}")
+        if self._session is not None:
+            self._session.sparkContext.cancelJobGroup(f"task-{task_run_id}")
+
+    def stop(self) -> None:
+        """Stop the session if a notebook started it."""
+        with self._lock:
+            if self._session is not None:
+                self._session.stop()

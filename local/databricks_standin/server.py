@@ -1,10 +1,14 @@
-"""The HTTP side: the Jobs API 2.2 and 2.1 calls the Airflow provider, the SDK and the CLI make.
+"""The HTTP side: the Jobs API 2.2, 2.1 and 2.0 calls the Airflow provider, the SDK and the CLIs
+make.
 
-Both versions share the handlers; where the real API differs, 2.2 adds ``status`` to runs and
-pages the arrays of ``jobs/get`` and ``runs/get`` (100 elements, ``next_page_token``). ``GET``
-takes its arguments from the query string (the SDK, the provider's sync hook) and from a JSON
-body (the provider's async hook, used by the deferrable operator's trigger). Errors have the
-shape Databricks gives them: the right status and ``{"error_code": ..., "message": ...}``.
+The versions share the handlers; where the real API differs, 2.2 adds ``status`` to runs and
+pages the arrays of ``jobs/get`` and ``runs/get`` (100 elements, ``next_page_token``) and shows
+at most 100 of each in ``jobs/list`` and ``runs/list`` (``has_more``); 2.1 and 2.0 return them
+whole. ``GET`` takes its arguments from the query string (the SDK, the provider's sync hook) and
+from a JSON body (the provider's async hook, used by the deferrable operator's trigger). The token
+is checked before the body is read. Errors have the shape Databricks gives them: the right status
+and ``{"error_code": ..., "message": ...}``. Jobs come from the bundle only: ``jobs/create`` and
+``runs/submit`` answer 501 ``NOT_IMPLEMENTED`` saying so.
 """
 
 from __future__ import annotations
@@ -28,8 +32,14 @@ from local.databricks_standin.runs import JobRun, Runner
 MAX_JOBS_LIMIT = 100
 MAX_RUNS_LIMIT = 25
 ARRAY_PAGE = 100  # Jobs API 2.2 pages the arrays of jobs/get and runs/get by 100
+MAX_BODY_BYTES = 10 << 20  # our clients send a few kB; a body over this is refused unread
 MAX_IDEMPOTENCY_TOKEN = 64
-_PATH = re.compile(r"^/api/(?P<version>2\.[12])/jobs/(?P<endpoint>[a-z/-]+)$")
+_PATH = re.compile(r"^/api/(?P<version>2\.[012])/(?P<endpoint>jobs/[a-z/-]+)$")
+RUN_TYPES = ("JOB_RUN", "WORKFLOW_RUN", "SUBMIT_RUN")
+_LEGACY_PARAMETERS = {
+    "notebook_params", "python_params", "jar_params", "spark_submit_params",
+    "python_named_params", "sql_params", "dbt_commands",
+}  # fmt: skip
 
 
 class ApiError(Exception):
@@ -99,6 +109,16 @@ def _offset(args: dict[str, Any]) -> int:
     return offset
 
 
+def _first(api: dict[str, Any], arrays: tuple[str, ...]) -> bool:
+    """Cut each array of ``api`` to its first ``ARRAY_PAGE`` elements, as 2.2 listings show
+    them; whether any had more (the item's ``has_more``)."""
+    more = any(len(api.get(name, [])) > ARRAY_PAGE for name in arrays)
+    for name in arrays:
+        if name in api:
+            api[name] = api[name][:ARRAY_PAGE]
+    return more
+
+
 def _page(items: list[Any], offset: int, limit: int) -> tuple[list[Any], dict[str, Any]]:
     """A page of a listing and its ``has_more`` / ``next_page_token`` / ``prev_page_token``."""
     page = items[offset : offset + limit]
@@ -132,6 +152,24 @@ class JobsApi:
         if run_id not in self.runner.runs and run_id not in self.runner.task_runs:
             raise _invalid(f"Run {run_id} does not exist.")
         return run_id
+
+    def _parameters(self, job: Job, args: dict[str, Any]) -> dict[str, str]:
+        """The ``job_parameters`` of run-now or a repair, checked against the job's."""
+        unsupported = sorted(set(args) & _LEGACY_PARAMETERS)
+        if unsupported:
+            raise _invalid(f"{unsupported} are not supported for jobs with job parameters")
+        parameters = args.get("job_parameters") or {}
+        if not isinstance(parameters, dict) or not all(
+            isinstance(value, str | int | float | bool) for value in parameters.values()
+        ):
+            raise _invalid("job_parameters must be an object of parameter names to strings")
+        undeclared = sorted(set(parameters) - set(job.parameters))
+        if undeclared:
+            raise _invalid(
+                f"Job {job.name} does not declare parameter(s) {undeclared}; "
+                f"declared: {sorted(job.parameters)}"
+            )
+        return {key: str(value) for key, value in parameters.items()}
 
     def _job_api(self, job_id: int, tasks: list[dict[str, Any]] | None) -> dict[str, Any]:
         job = self.jobs[job_id]
@@ -174,18 +212,23 @@ class JobsApi:
             if not name or job.name.casefold() == name.casefold()
         ]
         page, response = _page(matching, offset, limit)
-        if page:
-            response["jobs"] = [
-                self._job_api(job_id, self._task_api(self.jobs[job_id]) if expand else None)
-                for job_id in page
-            ]
+        listed = [
+            self._job_api(job_id, self._task_api(self.jobs[job_id]) if expand else None)
+            for job_id in page
+        ]
+        if expand and version == "2.2":
+            for job in listed:
+                job["settings"].setdefault("job_clusters", [])
+                job["has_more"] = _first(job["settings"], ("tasks", "job_clusters", "parameters"))
+        if listed:
+            response["jobs"] = listed
         return response
 
     def get_job(self, args: dict[str, Any], version: str) -> dict[str, Any]:
         job_id = self._job(args)
         assert job_id is not None
         job = self._job_api(job_id, self._task_api(self.jobs[job_id]))
-        if version == "2.1":
+        if version != "2.2":
             return job
         # 2.2: every array of the settings is paged; a page holds the next slice of each.
         offset, settings = _offset(args), job["settings"]
@@ -204,22 +247,7 @@ class JobsApi:
         job_id = self._job(args)
         assert job_id is not None
         job = self.jobs[job_id]
-        unsupported = sorted(
-            set(args) & {"notebook_params", "python_params", "jar_params", "spark_submit_params"}
-        )
-        if unsupported:
-            raise _invalid(f"{unsupported} are not supported for jobs with job parameters")
-        parameters = args.get("job_parameters") or {}
-        if not isinstance(parameters, dict) or not all(
-            isinstance(value, str | int | float | bool) for value in parameters.values()
-        ):
-            raise _invalid("job_parameters must be an object of parameter names to strings")
-        undeclared = sorted(set(parameters) - set(job.parameters))
-        if undeclared:
-            raise _invalid(
-                f"Job {job.name} does not declare parameter(s) {undeclared}; "
-                f"declared: {sorted(job.parameters)}"
-            )
+        values = self._parameters(job, args)
         token = args.get("idempotency_token")
         if token is not None and (
             not isinstance(token, str) or not 0 < len(token) <= MAX_IDEMPOTENCY_TOKEN
@@ -227,7 +255,6 @@ class JobsApi:
             raise _invalid(
                 f"idempotency_token must be a string of 1 to {MAX_IDEMPOTENCY_TOKEN} characters"
             )
-        values = {key: str(value) for key, value in parameters.items()}
         run = self.runner.submit(job_id, job, values, token)
         return {"run_id": run.run_id, "number_in_job": run.run_id}
 
@@ -238,14 +265,21 @@ class JobsApi:
                 run, task = self.runner.task_runs[run_id]
                 return {**task.to_api(version), **self._task_context(run)}
             run = self.runner.runs[run_id]
-            if version == "2.1":
-                return run.to_api(version)
-            # 2.2: tasks, job_parameters (and the empty job_clusters, repair_history) are paged.
+            history = [attempt.to_api(version) for attempt in run.attempts]
+            if version != "2.2":
+                api = run.to_api(version)
+                if _bool(args, "include_history"):
+                    api["repair_history"] = history
+                return api
+            # 2.2: tasks, job_parameters, repair_history (and the empty job_clusters) are paged.
             offset = _offset(args)
             api = run.to_api(version, tasks=run.tasks[offset : offset + ARRAY_PAGE])
+        if not _bool(args, "include_history"):
+            history = []
         api["job_parameters"] = api["job_parameters"][offset : offset + ARRAY_PAGE]
-        api["job_clusters"], api["repair_history"] = [], []
-        longest = max(len(run.tasks), len(run.parameters))
+        api["repair_history"] = history[offset : offset + ARRAY_PAGE]
+        api["job_clusters"] = []
+        longest = max(len(run.tasks), len(run.parameters), len(history))
         api["has_more"] = offset + ARRAY_PAGE < longest
         if api["has_more"]:
             api["next_page_token"] = _token(offset + ARRAY_PAGE)
@@ -263,6 +297,11 @@ class JobsApi:
             raise _invalid("active_only and completed_only cannot both be true")
         limit = _limit(args, 20, MAX_RUNS_LIMIT, zero_means_max=True)
         offset, expand = _offset(args), _bool(args, "expand_tasks")
+        since = _int(args, "start_time_from", 0)
+        until = _int(args, "start_time_to", 2**63 - 1)
+        run_type = str(args.get("run_type") or "JOB_RUN")
+        if run_type not in RUN_TYPES:
+            raise _invalid(f"run_type must be one of {list(RUN_TYPES)}, not {run_type!r}")
         with self.runner.lock:
             runs = [
                 run
@@ -272,15 +311,82 @@ class JobsApi:
                 if (job_id is None or run.job_id == job_id)
                 and not (active_only and not run.is_active)
                 and not (completed_only and run.is_active)
+                and since <= run.start_time <= until
+                and run_type == "JOB_RUN"  # the stand-in makes no workflow or submit runs
             ]
             page, response = _page(runs, offset, limit)
             listed = [run.to_api(version) for run in page]
         for run in listed:
             if not expand:
                 del run["tasks"]
+            elif version == "2.2":
+                run["job_clusters"] = []
+                run["has_more"] = _first(run, ("tasks", "job_clusters", "job_parameters"))
         if listed:
             response["runs"] = listed
         return response
+
+    def repair_run(self, args: dict[str, Any], version: str) -> dict[str, Any]:
+        """Run tasks of an ended job run again, as Databricks' ``runs/repair`` does."""
+        run_id = self._run(args)
+        if run_id not in self.runner.runs:
+            job_run = self.runner.task_runs[run_id][0].run_id
+            raise _invalid(f"Run {run_id} is a task run: repair its job run {job_run}.")
+        run = self.runner.runs[run_id]
+        parameters = self._parameters(run.job, args)
+        rerun = args.get("rerun_tasks")
+        all_failed = _bool(args, "rerun_all_failed_tasks")
+        if rerun is not None and (
+            not isinstance(rerun, list) or not all(isinstance(key, str) for key in rerun)
+        ):
+            raise _invalid("rerun_tasks must be a list of task keys")
+        if bool(rerun) == all_failed:
+            raise _invalid("Exactly one of rerun_tasks or rerun_all_failed_tasks must be set.")
+        latest = args.get("latest_repair_id")
+        with self.runner.lock:
+            if run.is_active:
+                raise _invalid(
+                    f"Run {run_id} is {run.life_cycle_state}: only a run that has ended can be "
+                    "repaired. Wait for it to end, or cancel it."
+                )
+            if latest in (None, "") and run.latest_repair_id is not None:
+                raise _invalid(
+                    "The latest repair ID needs to be provided in order to create a new repair "
+                    f"(latest_repair_id {run.latest_repair_id})."
+                )
+            if latest not in (None, "") and _int(args, "latest_repair_id") != run.latest_repair_id:
+                raise _invalid(
+                    f"latest_repair_id {latest} is not the latest repair of run {run_id} "
+                    f"({run.latest_repair_id}): get the run with include_history=true."
+                )
+            keys = {task.task.key: task for task in run.tasks}
+            if all_failed:
+                chosen = {key for key, task in keys.items() if task.result_state != "SUCCESS"}
+                if not chosen:
+                    raise _invalid(f"Run {run_id} has no failed tasks to repair.")
+            else:
+                unknown = sorted(set(rerun) - keys.keys())
+                if unknown:
+                    raise _invalid(
+                        f"Run {run_id} has no task(s) {unknown}; its tasks: {sorted(keys)}"
+                    )
+                chosen = set(rerun)
+            if _bool(args, "rerun_dependent_tasks"):
+                chosen |= _dependents(run.job, chosen)
+            repair_id = self.runner.repair(run, chosen, parameters)
+        return {"repair_id": repair_id}
+
+    def not_served(self, endpoint: str) -> ApiError:
+        """Jobs API endpoints the stand-in does not serve: jobs come from the bundle, runs stay."""
+        names = ", ".join(sorted(job.name for job in self.jobs.values()))
+        return ApiError(
+            HTTPStatus.NOT_IMPLEMENTED,
+            "NOT_IMPLEMENTED",
+            f"The Databricks stand-in does not serve {endpoint}: it runs only the jobs of its "
+            f"bundle (databricks.yml and resources/*.job.yml: {names}), which it cannot create, "
+            "change or delete, runs no one-time (submitted) runs, and keeps every run. Define "
+            "the job in the bundle, restart the stand-in, and use jobs/run-now.",
+        )
 
     def get_run_output(self, args: dict[str, Any], version: str) -> dict[str, Any]:
         run_id = self._run(args)
@@ -325,17 +431,33 @@ class JobsApi:
         return {}
 
 
+def _dependents(job: Job, keys: set[str]) -> set[str]:
+    """Every task that depends on one of ``keys``, directly or not."""
+    found: set[str] = set()
+    for task in job.task_order():  # upstream first, so one pass sees chains
+        if set(task.depends_on) & (keys | found):
+            found.add(task.key)
+    return found
+
+
 Handler = Callable[[JobsApi, dict[str, Any], str], dict[str, Any]]
 ROUTES: dict[tuple[str, str], Handler] = {
-    ("GET", "list"): JobsApi.list_jobs,
-    ("GET", "get"): JobsApi.get_job,
-    ("POST", "run-now"): JobsApi.run_now,
-    ("GET", "runs/get"): JobsApi.get_run,
-    ("GET", "runs/list"): JobsApi.list_runs,
-    ("GET", "runs/get-output"): JobsApi.get_run_output,
-    ("POST", "runs/cancel"): JobsApi.cancel_run,
-    ("POST", "runs/cancel-all"): JobsApi.cancel_all_runs,
+    ("GET", "jobs/list"): JobsApi.list_jobs,
+    ("GET", "jobs/get"): JobsApi.get_job,
+    ("POST", "jobs/run-now"): JobsApi.run_now,
+    ("GET", "jobs/runs/get"): JobsApi.get_run,
+    ("GET", "jobs/runs/list"): JobsApi.list_runs,
+    ("GET", "jobs/runs/get-output"): JobsApi.get_run_output,
+    ("POST", "jobs/runs/cancel"): JobsApi.cancel_run,
+    ("POST", "jobs/runs/cancel-all"): JobsApi.cancel_all_runs,
+    ("POST", "jobs/runs/repair"): JobsApi.repair_run,
 }
+# Jobs API endpoints a client may call that the stand-in answers 501 NOT_IMPLEMENTED.
+NOT_SERVED = {
+    ("POST", "jobs/create"), ("POST", "jobs/update"), ("POST", "jobs/reset"),
+    ("POST", "jobs/delete"), ("POST", "jobs/runs/submit"), ("POST", "jobs/runs/delete"),
+    ("GET", "jobs/runs/export"),
+}  # fmt: skip
 
 
 def make_server(port: int, token: str, api: JobsApi) -> ThreadingHTTPServer:
@@ -362,20 +484,26 @@ def make_server(port: int, token: str, api: JobsApi) -> ThreadingHTTPServer:
         def _handle(self, method: str) -> None:
             url = urlsplit(self.path)
             try:
-                body = self._body()
                 if method == "GET" and url.path.startswith("/runs/"):
+                    self._skip_body()
                     self._run_page(url.path.removeprefix("/runs/"))
                     return
-                self._authenticate()
+                self._authenticate()  # before the body: a bad token gets its answer unread
+                body = self._body()
                 match = _PATH.match(url.path)
                 route = match and ROUTES.get((method, match["endpoint"]))
+                if match and (method, match["endpoint"]) in NOT_SERVED:
+                    raise api.not_served(match["endpoint"])
                 if not match or not route:
+                    # Databricks names the path without its /api/<version> prefix.
+                    endpoint = re.sub(r"^/api/[^/]+", "", url.path)
                     raise ApiError(
                         HTTPStatus.NOT_FOUND,
                         "ENDPOINT_NOT_FOUND",
-                        f"No API found for '{method} {url.path}'",
+                        f"No API found for '{method} {endpoint}'",
                     )
-                self._reply(HTTPStatus.OK, route(api, self._arguments(url.query, body), match[1]))
+                arguments = self._arguments(url.query, body)
+                self._reply(HTTPStatus.OK, route(api, arguments, match["version"]))
             except ApiError as error:
                 self._reply(
                     error.status, {"error_code": error.error_code, "message": error.message}
@@ -391,17 +519,32 @@ def make_server(port: int, token: str, api: JobsApi) -> ThreadingHTTPServer:
             """The request body, read whole (an unread body would corrupt the next request)."""
             length = self.headers.get("Content-Length") or "0"
             if not length.isdigit():
+                self.close_connection = True  # where this body ends is unknown
                 raise ApiError(
                     HTTPStatus.BAD_REQUEST,
                     "MALFORMED_REQUEST",
                     f"Invalid Content-Length header: {length!r}",
                 )
+            if int(length) > MAX_BODY_BYTES:
+                self.close_connection = True
+                raise ApiError(
+                    HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                    "MALFORMED_REQUEST",
+                    f"The request body of {length} bytes is over {MAX_BODY_BYTES} bytes.",
+                )
             return self.rfile.read(int(length))
+
+        def _skip_body(self) -> None:
+            """A request answered without reading its body ends the connection after the
+            answer (the unread bytes must not be taken for the next request)."""
+            if (self.headers.get("Content-Length") or "0") != "0":
+                self.close_connection = True
 
         def _authenticate(self) -> None:
             header = self.headers.get("Authorization", "")
             scheme, _, presented = header.partition(" ")
             if scheme != "Bearer" or not hmac.compare_digest(presented.encode(), token.encode()):
+                self._skip_body()
                 # Databricks' answer to a missing, wrong or expired token.
                 raise ApiError(HTTPStatus.FORBIDDEN, "403", "Invalid access token.")
 
@@ -454,6 +597,8 @@ def make_server(port: int, token: str, api: JobsApi) -> ThreadingHTTPServer:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(payload)))
+            if self.close_connection:
+                self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(payload)
 

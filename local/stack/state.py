@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,8 @@ DEFAULT_RUN_DIR = REPO / ".run" / "demo"
 # As `make` sets it: the DAGs folder (shared code), the bundle's package, the repository root.
 PYTHONPATH = ":".join(str(REPO / part) for part in ("dags", "notebooks", ""))
 USERNAME = "admin"
+# Written into every run directory ``up`` creates: ``up`` deletes only a directory carrying it.
+RUN_DIR_MARKER = ".local-stack-run-dir"
 
 
 @dataclass
@@ -67,3 +70,39 @@ def load_info(run_dir: Path) -> StackInfo:
 
 def read_password(info: StackInfo) -> str:
     return json.loads(Path(info.password_file).read_text())[info.username]
+
+
+def owned_run_dir(run_dir: Path) -> bool:
+    """Whether ``up`` created ``run_dir`` (it carries the marker), so ``up`` may delete it."""
+    return (run_dir / RUN_DIR_MARKER).is_file()
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """Refuse a run directory the stack did not create, before anything touches it.
+
+    Missing, empty, or carrying the marker is fine; anything else (``DEMO_RUN_DIR=.``, a home
+    directory, a typo pointing at real data) is an error naming the directory and the fix.
+    """
+    if not run_dir.exists() or owned_run_dir(run_dir):
+        return
+    if not run_dir.is_dir():
+        raise StackError(f"the run directory {run_dir} is a file: choose a directory path")
+    if any(run_dir.iterdir()):
+        raise StackError(
+            f"the run directory {run_dir} is not empty and was not created by the local stack "
+            f"(no {RUN_DIR_MARKER} in it), so it is not deleted: choose a new or empty directory "
+            "(--run-dir DIR, or make demo DEMO_RUN_DIR=DIR), or remove it yourself if it only "
+            "holds an older stack's files"
+        )
+
+
+def fresh_run_dir(run_dir: Path) -> None:
+    """Empty ``run_dir`` for a new stack: delete it only if the stack created it, then create it
+    with the marker. Raises :class:`StackError` (see :func:`check_run_dir`) otherwise."""
+    check_run_dir(run_dir)
+    if owned_run_dir(run_dir):
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / RUN_DIR_MARKER).write_text(
+        "Created by python -m local.stack up, which deletes this directory when it starts again.\n"
+    )

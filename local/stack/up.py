@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -34,6 +33,8 @@ from local.stack.state import (
     REPO,
     USERNAME,
     StackInfo,
+    check_run_dir,
+    fresh_run_dir,
     save_info,
 )
 
@@ -66,6 +67,7 @@ def up(options: Options, log: Log = print) -> StackInfo:
     Ctrl-C stop what started."""
     started = time.monotonic()
     run_dir = options.run_dir.resolve()
+    check_run_dir(run_dir)  # before anything else: never touch a directory the stack did not make
     prerequisites.ensure_java(log)
     if processes.running(run_dir):
         log(f"A stack from {run_dir} is running: stopping it to start a fresh one.")
@@ -75,8 +77,7 @@ def up(options: Options, log: Log = print) -> StackInfo:
             f"port {options.api_port} on 127.0.0.1 is taken by another program: stop it, "
             "or choose another port (make demo DEMO_API_PORT=8081)"
         )
-    shutil.rmtree(run_dir, ignore_errors=True)
-    run_dir.mkdir(parents=True)
+    fresh_run_dir(run_dir)
     with _stop_on_failure(run_dir):
         info = _start(options, run_dir, log)
         api = pipeline.api_for(info)
@@ -147,6 +148,8 @@ def _start(options: Options, run_dir: Path, log: Log) -> StackInfo:
                 str(token_file),
                 "--warehouse",
                 str(warehouse),
+                "--state-dir",
+                str(run_dir / "databricks-state"),
                 "--s3-endpoint",
                 moto.url,
             ],
