@@ -17,9 +17,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jsonschema
+import kubernetes_validate
 import pytest
+import referencing
 import yaml
 from kubernetes.utils import parse_quantity
+from kubernetes_validate import utils as schemas
 
 from local import k8s_tools
 from tests.script_sandbox import VERSIONS, Sandbox, helm_install_args
@@ -108,6 +112,33 @@ def renderer(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Docs]:
         pytest.fail(str(error), pytrace=False)
     tmp = tmp_path_factory.getbasetemp() / "chart-render"
     return lambda scenario: rendered(scenario, tmp)
+
+
+@functools.cache
+def _validator(kind: str, api_version: str) -> jsonschema.Validator:
+    """kubernetes-validate's strict schema for the Kind cluster's version, loaded once (its
+    validate() reads the whole definitions file for every object)."""
+    version = [v for v in schemas.all_versions() if schemas.major_minor(v) == KUBERNETES_VERSION]
+    assert version, f"kubernetes-validate has no schemas for Kubernetes {KUBERNETES_VERSION}"
+    folder = f"kubernetes-json-schema/v{version[-1]}-local-strict"
+    group = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", api_version)
+    try:
+        schema = schemas.schema_contents(f"{folder}/{kind.lower()}-{group}.json", version[-1])
+    except FileNotFoundError:
+        raise kubernetes_validate.SchemaNotFoundError(kind, KUBERNETES_VERSION, api_version) from None
+    definitions = schemas.schema_contents(f"{folder}/_definitions.json", version[-1])
+    registry = referencing.Resource.from_contents(definitions) @ (
+        referencing.Resource.from_contents(schema) @ referencing.Registry()
+    )
+    return jsonschema.Draft202012Validator(schema, registry=registry)
+
+
+def validate(doc: dict[str, Any]) -> None:
+    """Validate one object against the Kubernetes schemas (strict: no unknown fields)."""
+    try:
+        _validator(doc["kind"], doc["apiVersion"]).validate(doc)
+    except jsonschema.ValidationError as error:
+        raise kubernetes_validate.ValidationError(error, KUBERNETES_VERSION) from None
 
 
 def pods(docs: Docs) -> dict[str, dict[str, Any]]:

@@ -20,13 +20,13 @@ from kubernetes.client import ApiClient
 from stackexchange.pod_resources import SCRATCH_DIR, IngestPodSettings
 from tests import chart_render
 from tests.chart_render import (
-    KUBERNETES_VERSION,
     TASK_SERVICE_ACCOUNT,
     airflow_cfg,
     pods,
     quantity,
     restricted_violations,
     subjects_bound,
+    validate,
 )
 
 pytestmark = pytest.mark.k8s
@@ -109,7 +109,7 @@ def test_every_task_has_its_pod_and_it_is_valid_kubernetes(task_pods) -> None:
     assert {dag for dag, _ in task_pods} == set(DAG_IDS)
     assert BIG_TASKS <= set(task_pods)
     for key, pod in task_pods.items():
-        kubernetes_validate.validate(pod, KUBERNETES_VERSION, strict=True)
+        validate(pod)
         # the provider appends the override's volumes, mounts and env: no duplicate may result
         for items, field in ((pod["spec"]["volumes"], "name"), (base(pod)["volumeMounts"],
                              "mountPath"), (base(pod)["env"], "name")):  # fmt: skip
@@ -194,4 +194,4 @@ def test_validation_catches_a_broken_pod(task_pods) -> None:
     pod = yaml.safe_load(yaml.safe_dump(task_pods["produce_data_asset", "ingest"]))
     base(pod)["resources"]["limits"]["memory"] = {"value": "1Gi"}
     with pytest.raises(kubernetes_validate.ValidationError):
-        kubernetes_validate.validate(pod, KUBERNETES_VERSION, strict=True)
+        validate(pod)
