@@ -1,10 +1,10 @@
 """The official chart rendered by real Helm with exactly the arguments the install script passes,
 once per scenario and test session, and readers for the rendered objects.
 
-A scenario is the environment of one stub run of scripts/install-airflow.sh (tests/script_sandbox.py):
-its `helm upgrade --install` arguments are captured and given to `helm template`, for the Kind
-cluster's Kubernetes version. Helm and the chart come from `make k8s-tools` (local/k8s_tools.py);
-without them the tests fail saying so, never skip.
+A scenario is the environment of one stub run of scripts/install-airflow.sh
+(tests/script_sandbox.py): its `helm upgrade --install` arguments are captured and given to
+`helm template`, for the Kind cluster's Kubernetes version. Helm and the chart come from
+`make k8s-tools` (local/k8s_tools.py); without them the tests fail saying so, never skip.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ SCENARIOS: dict[str, dict[str, str]] = {
 }
 # Files a scenario's environment names ({root}: the scenario's own directory).
 SCENARIO_FILES = {
-    "id_test": "-----BEGIN OPENSSH PRIVATE KEY-----\nnot-a-key\n-----END OPENSSH PRIVATE KEY-----\n",
+    "id_test": "-----BEGIN OPENSSH PRIVATE KEY-----\nnot-a-key\n-----END OPENSSH PRIVATE KEY-----\n",  # noqa: E501
     "known_hosts": "example.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE\n",
 }
 
@@ -125,7 +125,8 @@ def _validator(kind: str, api_version: str) -> jsonschema.Validator:
     try:
         schema = schemas.schema_contents(f"{folder}/{kind.lower()}-{group}.json", version[-1])
     except FileNotFoundError:
-        raise kubernetes_validate.SchemaNotFoundError(kind, KUBERNETES_VERSION, api_version) from None
+        missing = kubernetes_validate.SchemaNotFoundError(kind, KUBERNETES_VERSION, api_version)
+        raise missing from None
     definitions = schemas.schema_contents(f"{folder}/_definitions.json", version[-1])
     registry = referencing.Resource.from_contents(definitions) @ (
         referencing.Resource.from_contents(schema) @ referencing.Registry()

@@ -86,4 +86,5 @@ def ingest_executor_config(settings: IngestPodSettings) -> dict[str, Any]:
     scratch = k8s.V1Volume(
         name=SCRATCH_VOLUME, empty_dir=k8s.V1EmptyDirVolumeSource(size_limit=settings.tmp_size)
     )
-    return {"pod_override": k8s.V1Pod(spec=k8s.V1PodSpec(containers=[container], volumes=[scratch]))}
+    spec = k8s.V1PodSpec(containers=[container], volumes=[scratch])
+    return {"pod_override": k8s.V1Pod(spec=spec)}
