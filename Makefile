@@ -15,7 +15,7 @@ PYTEST := $(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
 export PYTHONPATH := $(CURDIR)/dags:$(CURDIR)/notebooks:$(CURDIR)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup java chromium parse test-fast test lint fmt bench constraints
+.PHONY: help setup java chromium k8s-tools parse test-fast test lint fmt bench constraints
 
 help: ## List the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -37,13 +37,16 @@ java: setup ## Java 17 for PySpark (apt-get when root on Debian/Ubuntu, else how
 chromium: setup ## Chromium for the browser tests (apt-get when root on Debian, else how to install it)
 	@$(BIN)/python -m local.stack.prerequisites chromium
 
+k8s-tools: setup ## Helm (HELM_VERSION, into .venv/bin) and the Airflow chart for the chart tests
+	@$(BIN)/python -m local.k8s_tools
+
 parse: setup ## Import every DAG file as the DAG processor does: import errors, parse times (s)
 	$(BIN)/python -m local.parse_dags
 
 test-fast: setup ## The tests without Spark, the local stack, a browser or the Kubernetes tooling
 	$(PYTEST) -m "not spark and not e2e and not browser and not k8s"
 
-test: setup java ## Run the whole test suite (installs Chromium for the browser tests when it can)
+test: setup java k8s-tools ## Run the whole test suite (installs Chromium for the browser tests when it can)
 	@$(BIN)/python -m local.stack.prerequisites chromium || echo "Without chromium the browser tests are skipped (in CI they fail)."
 	$(PYTEST) --durations=25
 

@@ -16,7 +16,8 @@ into S3 as two Assets, `stackexchange_raw_posts` and `stackexchange_raw_users`, 
    previous pair stays whole until then), then one asset event per file, with its ETag.
 
 Connection: `aws_conn` (its `endpoint_url` extra selects any S3-compatible server).
-Bucket and prefix: env `STACKEXCHANGE_BUCKET`, `STACKEXCHANGE_PREFIX`.
+Bucket and prefix: env `STACKEXCHANGE_BUCKET`, `STACKEXCHANGE_PREFIX`. The ingest's pod on
+Kubernetes: env `STACKEXCHANGE_INGEST_CPU`, `_MEMORY`, `_EPHEMERAL_STORAGE`, `_TMP_SIZE`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import Param, dag, get_current_context, task
 
 from stackexchange.assets import RAW_POSTS, RAW_USERS
+from stackexchange.pod_resources import IngestPodSettings, ingest_executor_config
 from stackexchange.settings import AWS_CONN_ID, DEFAULT_SITE, DEFAULT_SOURCE_BASE_URL
 
 
@@ -114,7 +116,13 @@ def produce_data_asset() -> None:
                 ingest_succeeded,
             )
 
-    @task(outlets=[RAW_POSTS, RAW_USERS], execution_timeout=timedelta(hours=12))
+    # Its own pod size (CPU, memory, scratch disk; settings STACKEXCHANGE_INGEST_*): on the
+    # KubernetesExecutor only; other executors ignore it.
+    @task(
+        outlets=[RAW_POSTS, RAW_USERS],
+        execution_timeout=timedelta(hours=12),
+        executor_config=ingest_executor_config(IngestPodSettings.from_env()),
+    )
     def ingest() -> None:
         """Stream, verify, validate, publish the pair atomically; one asset event per object."""
         from stackexchange.ingest import ingest as run_ingest

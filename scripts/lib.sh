@@ -614,9 +614,12 @@ helm_deploy() {
             )
         fi
     fi
-    # Pipeline settings that must be identical in every component and task pod (asset URIs).
+    # Pipeline settings that must be identical in every component and task pod (asset URIs; the
+    # ingest pod's size, read where the DAG is parsed: dags/stackexchange/pod_resources.py).
     local i=0 var
-    for var in STACKEXCHANGE_BUCKET STACKEXCHANGE_PREFIX DATABRICKS_JOB_ID; do
+    for var in STACKEXCHANGE_BUCKET STACKEXCHANGE_PREFIX DATABRICKS_JOB_ID \
+        STACKEXCHANGE_INGEST_CPU STACKEXCHANGE_INGEST_MEMORY \
+        STACKEXCHANGE_INGEST_EPHEMERAL_STORAGE STACKEXCHANGE_INGEST_TMP_SIZE; do
         [ -n "${!var:-}" ] || continue
         args+=(--set-string "env[$i].name=$var" --set-string "env[$i].value=${!var}")
         i=$((i + 1))

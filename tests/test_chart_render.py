@@ -1,35 +1,32 @@
 """The official chart rendered with exactly the arguments the install script passes (captured
-from a stub run), asserted on the rendered objects: every pod meets Pod Security "restricted",
-task pods get no token, no DB or signing secrets and no way into Postgres, the log servers are
-reachable from the API server, and the overlays do what they say.
-
-Needs the chart (AIRFLOW_CHART_DIR: the unpacked apache-airflow chart at AIRFLOW_CHART_VERSION)
-and Helm 3 (HELM_BIN); skipped without them (CI has neither).
+from a stub run, tests/chart_render.py), asserted on the rendered objects: every manifest is valid
+Kubernetes for the Kind cluster's version, every pod meets Pod Security "restricted", task pods
+get no token, no DB or signing secrets and no way into Postgres, the log servers are reachable
+from the API server, and the overlays do what they say. Helm and the chart: `make k8s-tools`.
 """
 
 from __future__ import annotations
 
-import configparser
-import functools
-import os
 import re
-import subprocess
-from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
 import yaml
 
-from tests.script_sandbox import VERSIONS, Sandbox, helm_install_args
+from tests import chart_render
+from tests.chart_render import (
+    SCENARIOS,
+    airflow_cfg,
+    containers,
+    of_kind,
+    pods,
+    restricted_violations,
+    validate,
+)
 
 pytestmark = pytest.mark.k8s
 
-CHART = os.environ.get("AIRFLOW_CHART_DIR", "")
-HELM = os.environ.get("HELM_BIN", "")
-REPO = Path(__file__).resolve().parents[1]
-KIND_NODE = yaml.safe_load((REPO / "kind-config.yaml").read_text())["nodes"][0]["image"]
-KUBERNETES_VERSION = re.search(r":v(\d+\.\d+)\.", KIND_NODE).group(1)
 SECRET_ENV = {
     "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_CMD",
     "AIRFLOW__CORE__SQL_ALCHEMY_CONN", "AIRFLOW_CONN_AIRFLOW_DB", "AIRFLOW__CORE__FERNET_KEY",
@@ -41,106 +38,11 @@ DB_COMPONENTS = {
 }  # fmt: skip
 # the main containers of those pods (their log groomers need no DB)
 DB_CONTAINERS = DB_COMPONENTS - {"create-user-job"} | {"create-user"}
-SCENARIOS = {
-    "kind": {},
-    "remote-logs": {"PERSISTENCE": "false", "REMOTE_LOG_BUCKET": "logs", "REMOTE_LOG_PREFIX": "p"},
-    "dags-from-host": {"DAGS_FROM_HOST": "true"},
-    "git-https": {
-        "GIT_SYNC_REPO": "https://example.com/org/dags.git",
-        "GIT_SYNC_USERNAME": "bot",
-        "GIT_SYNC_PASSWORD": "testing",
-    },
-}
 
 
-@functools.cache
-def rendered(scenario: str, tmp: Path) -> tuple[dict[str, Any], ...]:
-    """helm template with the helm upgrade arguments the install script used in `scenario`."""
-    root = tmp / scenario
-    root.mkdir()
-    sandbox = Sandbox(root)
-    env = SCENARIOS[scenario]
-    result = sandbox.run("scripts/install-airflow.sh", **env)
-    assert result.code == 0, result.err
-    args = helm_install_args(result)
-    assert args[args.index("--version") + 1] == VERSIONS["AIRFLOW_CHART_VERSION"]
-    chart = yaml.safe_load((Path(CHART) / "Chart.yaml").read_text())
-    assert chart["version"] == VERSIONS["AIRFLOW_CHART_VERSION"], "AIRFLOW_CHART_DIR version"
-    keep, skip = [], {"--repo", "--version", "--timeout", "--kube-context"}
-    rest = args[args.index("--install") + 3 :]
-    i = 0
-    while i < len(rest):
-        if rest[i] in skip:
-            i += 2
-            continue
-        keep.append(rest[i])
-        i += 1
-    name = args[args.index("--install") + 1]
-    out = subprocess.run(
-        [HELM, "template", name, CHART, *keep],
-        capture_output=True, text=True, check=False, timeout=120,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    return tuple(d for d in yaml.safe_load_all(out.stdout) if d)
-
-
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def render(tmp_path_factory: pytest.TempPathFactory):
-    if not (CHART and HELM):
-        pytest.skip("set AIRFLOW_CHART_DIR and HELM_BIN to render the chart")
-    tmp = tmp_path_factory.mktemp("render")
-    return lambda scenario: rendered(scenario, tmp)
-
-
-def pods(docs: tuple[dict[str, Any], ...]) -> dict[str, dict[str, Any]]:
-    """name -> pod spec for every workload, plus the KubernetesExecutor pod template."""
-    found = {}
-    for doc in docs:
-        if doc["kind"] in ("Deployment", "StatefulSet", "Job"):
-            found[doc["metadata"]["name"]] = doc["spec"]["template"]
-        if doc["kind"] == "ConfigMap" and "pod_template_file.yaml" in doc.get("data", {}):
-            found["pod-template"] = yaml.safe_load(doc["data"]["pod_template_file.yaml"])
-    return found
-
-
-def restricted_violations(pod: dict[str, Any]) -> list[str]:
-    """Pod Security Standards "restricted" (v1.29) checks on a pod template."""
-    spec, problems = pod["spec"], []
-    pod_ctx = spec.get("securityContext") or {}
-    for field in ("hostNetwork", "hostPID", "hostIPC"):
-        if spec.get(field):
-            problems.append(field)
-    allowed_volumes = {
-        "configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
-        "projected", "secret",
-    }  # fmt: skip
-    for volume in spec.get("volumes", []):
-        kinds = set(volume) - {"name"}
-        if not kinds <= allowed_volumes:
-            problems.append(f"volume {volume['name']}: {kinds}")
-    if (pod_ctx.get("seccompProfile") or {}).get("type") == "Unconfined":
-        problems.append("pod seccompProfile Unconfined")
-    for container in (spec.get("initContainers") or []) + spec["containers"]:
-        ctx, name = container.get("securityContext") or {}, container["name"]
-        if ctx.get("privileged"):
-            problems.append(f"{name}: privileged")
-        if ctx.get("allowPrivilegeEscalation") is not False:
-            problems.append(f"{name}: allowPrivilegeEscalation not false")
-        if not ctx.get("runAsNonRoot", pod_ctx.get("runAsNonRoot")):
-            problems.append(f"{name}: runAsNonRoot not true")
-        if ctx.get("runAsUser", pod_ctx.get("runAsUser")) == 0:
-            problems.append(f"{name}: runAsUser 0")
-        seccomp = (ctx.get("seccompProfile") or pod_ctx.get("seccompProfile") or {}).get("type")
-        if seccomp not in ("RuntimeDefault", "Localhost"):
-            problems.append(f"{name}: seccompProfile {seccomp}")
-        capabilities = ctx.get("capabilities") or {}
-        if "ALL" not in capabilities.get("drop", []):
-            problems.append(f"{name}: capabilities not dropped")
-        if set(capabilities.get("add", [])) - {"NET_BIND_SERVICE"}:
-            problems.append(f"{name}: capabilities added")
-        if any(p.get("hostPort") for p in container.get("ports", [])):
-            problems.append(f"{name}: hostPort")
-    return problems
+    return chart_render.renderer(tmp_path_factory)
 
 
 def test_the_checker_flags_what_restricted_forbids() -> None:
@@ -160,16 +62,26 @@ def test_every_pod_meets_restricted_and_every_object_is_valid(render, scenario: 
     for name, pod in found.items():
         assert restricted_violations(pod) == [], name
     for doc in docs:
-        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
-    kubernetes_validate.validate(
-        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "t"}} | found["pod-template"],
-        KUBERNETES_VERSION, strict=True,
-    )  # fmt: skip
+        validate(doc)
+    validate({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "t"}} | found["pod-template"])
+
+
+def test_validation_rejects_a_broken_rendered_object(render) -> None:
+    (service,) = [d for d in render("kind") if d["metadata"]["name"] == "airflow-api-server"
+                  and d["kind"] == "Service"]  # fmt: skip
+    broken = yaml.safe_load(yaml.safe_dump(service))
+    broken["spec"]["ports"][0]["nodePort"] = "30080"  # a string where an integer belongs
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate(broken)
+    broken = yaml.safe_load(yaml.safe_dump(service))
+    broken["spec"]["portz"] = broken["spec"].pop("ports")  # strict: an unknown field
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate(broken)
+    validate(service)
 
 
 def env_names(pod: dict[str, Any]) -> set[str]:
-    containers = (pod["spec"].get("initContainers") or []) + pod["spec"]["containers"]
-    return {e["name"] for c in containers for e in c.get("env") or []}
+    return {e["name"] for c in containers(pod) for e in c.get("env") or []}
 
 
 def test_task_pods_get_no_token_no_db_and_no_signing_secrets(render) -> None:
@@ -180,12 +92,12 @@ def test_task_pods_get_no_token_no_db_and_no_signing_secrets(render) -> None:
     (account,) = [d for d in docs if d["kind"] == "ServiceAccount"
                   and d["metadata"]["name"] == template["spec"]["serviceAccountName"]]  # fmt: skip
     assert account["automountServiceAccountToken"] is False
-    assert template["spec"].get("automountServiceAccountToken") is not True
+    assert template["spec"]["automountServiceAccountToken"] is False
     # every component that uses the DB gets it, also in its wait-for-migrations init container
     for name, pod in pods(docs).items():
         component = pod["metadata"]["labels"].get("component")
         if component in DB_COMPONENTS:
-            for c in (pod["spec"].get("initContainers") or []) + pod["spec"]["containers"]:
+            for c in containers(pod):
                 if c["name"] in DB_CONTAINERS or c["name"].startswith("wait-for"):
                     assert "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_CMD" in env_names(
                         {"spec": {"containers": [c]}}
@@ -217,7 +129,7 @@ def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
     return True
 
 
-def allowed(docs: tuple[dict[str, Any], ...], target: dict[str, str], source: dict[str, str],
+def allowed(docs: chart_render.Docs, target: dict[str, str], source: dict[str, str],
             port: int) -> bool:  # fmt: skip
     """NetworkPolicy semantics: isolated when some policy selects the target; then the union."""
     policies = [d for d in docs if d["kind"] == "NetworkPolicy"
@@ -235,19 +147,14 @@ def test_network_policies(render) -> None:
     for component in DB_COMPONENTS:
         assert allowed(docs, postgres, labels(component), 5432), component
     assert not allowed(docs, postgres, labels("worker"), 5432)
+    # task pods carry the labels the policies select
+    assert labels("worker").items() <= pods(docs)["pod-template"]["metadata"]["labels"].items()
     # task pods reach the execution API; the API server reads the log servers
     assert allowed(docs, labels("api-server"), labels("worker"), 8080)
     assert allowed(docs, labels("triggerer"), labels("api-server"), 8794)
     assert allowed(docs, labels("worker"), labels("api-server"), 8793)
     assert not allowed(docs, labels("worker"), labels("scheduler"), 8793)
     assert not allowed(docs, labels("triggerer"), labels("worker"), 8794)
-
-
-def airflow_cfg(docs: tuple[dict[str, Any], ...]) -> configparser.ConfigParser:
-    (config,) = [d for d in docs if d["kind"] == "ConfigMap" and "airflow.cfg" in d["data"]]
-    parser = configparser.ConfigParser(interpolation=None)
-    parser.read_string(config["data"]["airflow.cfg"])
-    return parser
 
 
 def test_remote_logging_overlay_sends_task_logs_to_s3(render) -> None:
@@ -258,20 +165,61 @@ def test_remote_logging_overlay_sends_task_logs_to_s3(render) -> None:
     assert airflow_cfg(render("kind"))["logging"]["remote_logging"] == "False"
 
 
-def test_dags_from_host_mount_the_claim_in_every_dag_reader(render) -> None:
-    found = pods(render("dags-from-host"))
-    for name in ("pod-template", "airflow-dag-processor", "airflow-triggerer"):
-        claims = {v.get("persistentVolumeClaim", {}).get("claimName")
-                  for v in found[name]["spec"]["volumes"]}  # fmt: skip
-        assert "airflow-dags-pvc" in claims, name
+def git_sync(pod: dict[str, Any]) -> dict[str, Any]:
+    (sync,) = [c for c in pod["spec"]["containers"] if c["name"] == "git-sync"]
+    return sync
 
 
 def test_git_sync_https_credentials_come_from_the_secret(render) -> None:
     found = pods(render("git-https"))
-    (sync,) = [c for c in found["airflow-dag-processor"]["spec"]["containers"]
-               if c["name"] == "git-sync"]  # fmt: skip
     refs = {
-        e["name"]: e.get("valueFrom", {}).get("secretKeyRef", {}).get("name") for e in sync["env"]
+        e["name"]: e.get("valueFrom", {}).get("secretKeyRef", {}).get("name")
+        for e in git_sync(found["airflow-dag-processor"])["env"]
     }
     assert refs["GITSYNC_PASSWORD"] == "airflow-git-credentials"
-    assert "testing" not in yaml.safe_dump(found)
+    assert "testing" not in yaml.safe_dump(render("git-https"))
+
+
+def test_git_sync_ssh_key_comes_from_the_secret_and_hosts_are_checked(render) -> None:
+    docs = render("git-ssh")
+    processor = pods(docs)["airflow-dag-processor"]
+    env = {e["name"]: e.get("value") for e in git_sync(processor)["env"]}
+    assert env["GITSYNC_REPO"] == SCENARIOS["git-ssh"]["GIT_SYNC_REPO"]
+    assert env["GITSYNC_SSH_KNOWN_HOSTS"] == "true"
+    secrets = {v.get("secret", {}).get("secretName") for v in processor["spec"]["volumes"]}
+    assert "airflow-git-ssh-key" in secrets
+    assert "not-a-key" not in yaml.safe_dump(docs)  # the key stays out of the release
+
+
+def test_git_sync_follows_the_configured_branch_into_the_dags_folder(render) -> None:
+    docs = render("git-https")
+    env = {e["name"]: e.get("value") for e in git_sync(pods(docs)["airflow-dag-processor"])["env"]}
+    assert env["GITSYNC_REF"] == "main"
+    assert airflow_cfg(docs)["core"]["dags_folder"] == "/opt/airflow/dags/repo/dags"
+    assert not [c for p in pods(render("kind")).values() for c in containers(p)
+                if c["name"].startswith("git-sync")]  # fmt: skip
+
+
+def test_pipeline_settings_reach_every_airflow_container(render) -> None:
+    docs = render("pipeline-settings")
+    wanted = SCENARIOS["pipeline-settings"]
+    for name, pod in pods(docs).items():
+        if "postgresql" in name or "statsd" in name:
+            continue
+        for c in pod["spec"]["containers"]:
+            if c["name"] == "git-sync" or c["name"].endswith("log-groomer"):
+                continue
+            env = {e["name"]: e.get("value") for e in c.get("env") or []}
+            assert wanted.items() <= env.items(), (name, c["name"])
+
+
+def test_no_secret_material_in_any_rendered_object(render) -> None:
+    installed = {"airflow-fernet-key", "airflow-api-secret-key", "airflow-jwt-secret",
+                 "airflow-metadata-connection", "airflow-postgresql-credentials",
+                 "airflow-admin-user", "airflow-connections"}  # fmt: skip
+    for scenario in SCENARIOS:
+        docs = render(scenario)
+        assert not re.search(r"\b\d{12}\b", yaml.safe_dump(docs)), scenario  # no AWS account id
+        # the install creates these once; the chart would regenerate them on every upgrade
+        rendered = {s["metadata"]["name"] for s in of_kind(docs, "Secret")}
+        assert not rendered & installed, scenario

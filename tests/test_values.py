@@ -1,6 +1,7 @@
-"""The Helm values (chart/), the Kind config and the volumes agree with each other and with the
-deployment design. CI has no helm: this checks the values' structure; tests/test_chart_render.py
-renders the real chart when AIRFLOW_CHART_DIR and HELM_BIN are set."""
+"""What the values make of the official chart, asserted on the chart rendered with the install
+script's real arguments (tests/chart_render.py), and the Kind config and the volumes that must
+agree with it: executor and pod retention, images, secrets, the DAGs on PYTHONPATH, Postgres, the
+logs and DAGs volumes, the UI port, and resources that fit a laptop."""
 
 from __future__ import annotations
 
@@ -10,148 +11,156 @@ from typing import Any
 
 import pytest
 import yaml
-from kubernetes.utils import parse_quantity
+
+from tests import chart_render
+from tests.chart_render import KIND, SCENARIOS, airflow_cfg, containers, of_kind, pods, quantity
 
 pytestmark = pytest.mark.k8s
 
 REPO = Path(__file__).resolve().parents[1]
-BASE = yaml.safe_load((REPO / "chart/values.yaml").read_text())
-OVERLAY = yaml.safe_load((REPO / "chart/values-override-with-persistence.yaml").read_text())
-KIND = yaml.safe_load((REPO / "kind-config.yaml").read_text())
 PV, PVC = yaml.safe_load_all((REPO / "chart/logs-persistent-volume.yaml").read_text())
 DAGS_PV, DAGS_PVC = yaml.safe_load_all((REPO / "chart/dags-persistent-volume.yaml").read_text())
-DAGS_OVERLAY = yaml.safe_load((REPO / "chart/values-dags-from-host.yaml").read_text())
-REMOTE_LOGS = yaml.safe_load((REPO / "chart/values-remote-logging.yaml").read_text())
-
-# (path in the values, long-running?) for every container the install starts
-COMPONENTS = [
-    ("scheduler", True),
-    ("scheduler.logGroomerSidecar", True),
-    ("apiServer", True),
-    ("dagProcessor", True),
-    ("dagProcessor.logGroomerSidecar", True),
-    ("triggerer", True),
-    ("triggerer.logGroomerSidecar", True),
-    ("statsd", True),
-    ("postgresql.primary", True),
-    ("workers", False),  # one KubernetesExecutor task pod
-    ("migrateDatabaseJob", False),
-    ("createUserJob", False),
-    ("dags.gitSync", False),  # only with git-sync
-]
-# A laptop Kind cluster: what the always-on components may request in total.
+# A laptop Kind cluster: what the always-on pods may request in total, and the node a task pod
+# must also fit on next to them (the ingest's own size: STACKEXCHANGE_INGEST_*, README).
 LAPTOP_CPU_REQUESTS = 2.0
 LAPTOP_MEMORY_REQUESTS_GI = 4.0
+AIRFLOW_IMAGE = re.compile(r"airflow-stackexchange:[\w.-]+")
 
 
-def merged(base: Any, overlay: Any) -> Any:
-    """Helm's merge of -f files: maps merge recursively, anything else is replaced."""
-    if isinstance(base, dict) and isinstance(overlay, dict):
-        return {k: merged(base.get(k), overlay[k]) if k in overlay else base[k] for k in base} | {
-            k: v for k, v in overlay.items() if k not in base
-        }
-    return overlay
+@pytest.fixture(scope="session")
+def render(tmp_path_factory: pytest.TempPathFactory):
+    return chart_render.renderer(tmp_path_factory)
 
 
-def lookup(values: dict[str, Any], path: str) -> Any:
-    for part in path.split("."):
-        values = values[part]
-    return values
+def airflow_containers(docs: chart_render.Docs) -> list[tuple[str, dict[str, Any]]]:
+    """(pod, container) for every container that runs the Airflow image."""
+    return [
+        (name, c)
+        for name, pod in pods(docs).items()
+        for c in containers(pod)
+        if "postgresql" not in name and "statsd" not in name and not c["name"].startswith("git-")
+    ]
 
 
-def cpu(quantity: str | int | float) -> float:
-    return float(parse_quantity(quantity))
+def test_kubernetes_executor_keeps_failed_task_pods_and_the_dev_overlay_all(render) -> None:
+    for scenario, keep_all in (("remote-logs", False), ("kind", True)):
+        cfg = airflow_cfg(render(scenario))
+        assert cfg["core"]["executor"] == "KubernetesExecutor"
+        executor = cfg["kubernetes_executor"]
+        assert executor["delete_worker_pods"] == str(not keep_all), scenario
+        assert executor["delete_worker_pods_on_failure"] == "False", scenario
 
 
-def memory_gi(quantity: str) -> float:
-    return float(parse_quantity(quantity)) / 2**30
+@pytest.mark.parametrize("scenario", ["kind", "git-https"])
+def test_every_airflow_container_runs_the_installed_image_never_latest(render, scenario) -> None:
+    docs = render(scenario)
+    for name, container in airflow_containers(docs):
+        if name == "pod-template":  # its image is replaced by the executor's, below
+            continue
+        assert AIRFLOW_IMAGE.fullmatch(container["image"]), (name, container["image"])
+        assert container["imagePullPolicy"] == "IfNotPresent", name  # loaded with kind load
+    executor = airflow_cfg(docs)["kubernetes_executor"]
+    image = f"{executor['worker_container_repository']}:{executor['worker_container_tag']}"
+    assert AIRFLOW_IMAGE.fullmatch(image)
+    images = [c["image"] for p in pods(docs).values() for c in containers(p)]
+    assert not [i for i in images if i.endswith(":latest") or ":" not in i.split("/")[-1]]
 
 
-DEV = merged(BASE, OVERLAY)
+@pytest.mark.parametrize(
+    ("scenario", "dags_folder"),
+    [("kind", "/opt/airflow/dags"), ("git-https", "/opt/airflow/dags/repo/dags"),
+     ("dags-from-host", "/opt/airflow/dags")],
+)  # fmt: skip
+def test_the_dags_folder_is_on_pythonpath_in_every_airflow_container(
+    render, scenario: str, dags_folder: str
+) -> None:
+    docs = render(scenario)
+    assert airflow_cfg(docs)["core"]["dags_folder"] == dags_folder
+    for name, container in airflow_containers(docs):
+        if container["name"].endswith("log-groomer"):
+            continue
+        env = {e["name"]: e.get("value") for e in container.get("env") or []}
+        assert env.get("PYTHONPATH") == dags_folder, (name, container["name"])
 
 
-def test_merge_follows_helm() -> None:
-    assert merged({"a": {"b": 1, "c": [1]}}, {"a": {"c": [2]}, "d": 3}) == {
-        "a": {"b": 1, "c": [2]},
-        "d": 3,
+def test_every_airflow_container_gets_the_connections_secret(render) -> None:
+    for name, container in airflow_containers(render("kind")):
+        if container["name"].endswith("log-groomer") or container["name"].startswith("wait-for"):
+            continue
+        assert {"secretRef": {"name": "airflow-connections"}} in container.get("envFrom", []), (
+            name, container["name"],
+        )  # fmt: skip
+
+
+def secret_ref(container: dict[str, Any], var: str) -> dict[str, str] | None:
+    for e in container.get("env") or []:
+        if e["name"] == var:
+            return e.get("valueFrom", {}).get("secretKeyRef")
+    return None
+
+
+def test_stable_secrets_come_from_the_installed_secrets(render) -> None:
+    found = pods(render("kind"))
+    for name in ("airflow-scheduler", "airflow-api-server", "airflow-dag-processor",
+                 "airflow-triggerer"):  # fmt: skip
+        main = found[name]["spec"]["containers"][0]
+        assert secret_ref(main, "AIRFLOW__CORE__FERNET_KEY") == {
+            "name": "airflow-fernet-key", "key": "fernet-key"}, name  # fmt: skip
+        assert secret_ref(main, "AIRFLOW__API_AUTH__JWT_SECRET") == {
+            "name": "airflow-jwt-secret", "key": "jwt-secret"}, name  # fmt: skip
+        assert secret_ref(main, "AIRFLOW__API__SECRET_KEY") == {
+            "name": "airflow-api-secret-key", "key": "api-secret-key"}, name  # fmt: skip
+
+
+def test_ui_login_password_comes_from_a_secret_never_a_literal(render) -> None:
+    docs = render("kind")
+    (job,) = [p for n, p in pods(docs).items() if n.endswith("create-user")]
+    (main,) = job["spec"]["containers"]
+    assert secret_ref(main, "ADMIN_PASSWORD") == {"name": "airflow-admin-user", "key": "password"}
+    command = " ".join(main.get("args") or [])
+    assert "--password" in command and not re.search(r"--password\s+['\"]?(?!\"?\$)\w", command)
+    assert "admin:admin" not in yaml.safe_dump(docs)
+
+
+def test_postgres_runs_airflow_as_database_owner_not_superuser(render) -> None:
+    (postgres,) = pods(render("kind"))["airflow-postgresql"]["spec"]["containers"]
+    assert postgres["image"].split("/", 1)[1].startswith("bitnamilegacy/postgresql:14.10.0")
+    env = {e["name"]: e for e in postgres["env"]}
+    assert env["POSTGRES_USER"]["value"] == env["POSTGRES_DATABASE"]["value"] == "airflow"
+    assert env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "airflow-postgresql-credentials", "key": "password"}  # fmt: skip
+    # Airflow reads its URI (the `airflow` role) from the metadata Secret
+    scheduler = pods(render("kind"))["airflow-scheduler"]
+    secrets = {v.get("secret", {}).get("secretName") for v in scheduler["spec"]["volumes"]}
+    assert "airflow-metadata-connection" in secrets
+
+
+def claims(pod: dict[str, Any]) -> dict[str, str]:
+    """volume name -> claim name of a pod's PVC volumes."""
+    return {
+        v["name"]: v["persistentVolumeClaim"]["claimName"]
+        for v in pod["spec"]["volumes"]
+        if "persistentVolumeClaim" in v
     }
 
 
-def test_kubernetes_executor_and_worker_pod_retention() -> None:
-    assert BASE["executor"] == DEV["executor"] == "KubernetesExecutor"
-    base = BASE["config"]["kubernetes_executor"]
-    assert base["delete_worker_pods"] == "True"  # successful task pods go away
-    assert base["delete_worker_pods_on_failure"] == "False"  # failed ones stay for debugging
-    assert DEV["config"]["kubernetes_executor"]["delete_worker_pods"] == "False"
+def test_logs_on_the_static_volume_in_kind_and_none_with_remote_logs(render) -> None:
+    for name, pod in pods(render("kind")).items():
+        if "postgresql" in name or "statsd" in name or name.endswith(("create-user", "migrations")):
+            continue
+        assert claims(pod).get("logs") == PVC["metadata"]["name"], name
+    for name, pod in pods(render("remote-logs")).items():
+        assert PVC["metadata"]["name"] not in claims(pod).values(), name
+    assert not of_kind(render("kind"), "PersistentVolumeClaim")  # the install applies it
 
 
-def test_image_is_set_per_install_and_never_latest() -> None:
-    image = BASE["images"]["airflow"]
-    assert image["repository"] is None and image["tag"] is None  # the scripts --set both
-    assert image["pullPolicy"] == "IfNotPresent"  # loaded with kind load, not pulled
-    assert "latest" not in yaml.safe_dump(BASE)
-
-
-def test_git_sync_off_by_default_and_credentials_not_in_values() -> None:
-    git_sync = BASE["dags"]["gitSync"]
-    assert git_sync["enabled"] is False
-    assert "credentialsSecret" not in git_sync and "repo" not in git_sync
-
-
-def test_dags_folder_on_pythonpath_in_every_component() -> None:
-    env = yaml.safe_load(BASE["extraEnv"])
-    assert env == [{"name": "PYTHONPATH", "value": '{{ include "airflow_dags" . }}'}]
-
-
-def test_postgres_from_the_subchart_airflow_as_database_owner_not_superuser() -> None:
-    postgres = BASE["postgresql"]
-    assert postgres["enabled"] is True
-    image = postgres["image"]
-    assert (image["repository"], image["tag"]) == ("bitnamilegacy/postgresql", "14.10.0")
-    assert image["digest"] == "" or re.fullmatch(r"sha256:[0-9a-f]{64}", image["digest"])
-    assert postgres["auth"] == {
-        "username": "airflow",
-        "database": "airflow",
-        "existingSecret": "airflow-postgresql-credentials",
-    }
-    assert BASE["data"] == {"metadataSecretName": "airflow-metadata-connection"}
-
-
-def test_stable_secrets_come_from_named_secrets() -> None:
-    for key in ("fernetKeySecretName", "apiSecretKeySecretName", "jwtSecretName"):
-        assert BASE[key]
-    for inline in ("fernetKey", "apiSecretKey", "jwtSecret", "webserverSecretKey"):
-        assert inline not in BASE
-
-
-def test_ui_login_uses_a_secret_password_not_admin() -> None:
-    user = BASE["webserver"]["defaultUser"]
-    assert user["enabled"] is True and user["password"] != "admin"
-    job = BASE["createUserJob"]
-    assert '--password "$ADMIN_PASSWORD"' in job["args"][-1]
-    env = {e["name"]: e for e in job["env"]}
-    assert env["ADMIN_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
-        "name": "airflow-admin-user",
-        "key": "password",
-    }
-
-
-def test_connections_reach_every_component_from_a_secret() -> None:
-    assert yaml.safe_load(BASE["extraEnvFrom"]) == [{"secretRef": {"name": "airflow-connections"}}]
-
-
-def test_logs_on_the_static_volume() -> None:
-    persistence = DEV["logs"]["persistence"]
-    assert persistence == {"enabled": True, "existingClaim": PVC["metadata"]["name"]}
-    assert PVC["metadata"]["name"] == "airflow-logs-pvc"
-    for doc in (PV, PVC):
-        assert doc["spec"]["storageClassName"] == "manual"
-        assert doc["spec"]["accessModes"] == ["ReadWriteMany"]
-    assert PV["spec"]["capacity"]["storage"] == PVC["spec"]["resources"]["requests"]["storage"]
-    assert PVC["spec"]["resources"]["requests"]["storage"] == "5Gi"
-    # the claim can bind only this volume
-    assert PVC["spec"]["selector"]["matchLabels"].items() <= PV["metadata"]["labels"].items()
-    assert "logs" not in BASE  # the base values keep the chart's default (no volume)
+def test_the_logs_and_dags_claims_bind_only_their_volumes() -> None:
+    for pv, pvc, mode in ((PV, PVC, "ReadWriteMany"), (DAGS_PV, DAGS_PVC, "ReadOnlyMany")):
+        for doc in (pv, pvc):
+            assert doc["spec"]["storageClassName"] == "manual"
+            assert doc["spec"]["accessModes"] == [mode]
+        assert pv["spec"]["capacity"]["storage"] == pvc["spec"]["resources"]["requests"]["storage"]
+        assert pvc["spec"]["selector"]["matchLabels"].items() <= pv["metadata"]["labels"].items()
 
 
 def test_every_kind_node_mounts_the_host_logs_and_dags_at_the_volume_paths() -> None:
@@ -163,21 +172,12 @@ def test_every_kind_node_mounts_the_host_logs_and_dags_at_the_volume_paths() -> 
         assert dags["hostPath"] == "./dags" and dags["readOnly"] is True, node["role"]
 
 
-def test_dags_from_host_overlay_names_the_claim_that_binds_the_dags_volume() -> None:
-    persistence = DAGS_OVERLAY["dags"]["persistence"]
-    assert persistence == {"enabled": True, "existingClaim": DAGS_PVC["metadata"]["name"]}
-    assert (
-        DAGS_PVC["spec"]["selector"]["matchLabels"].items() <= DAGS_PV["metadata"]["labels"].items()
-    )
-    assert DAGS_PV["spec"]["accessModes"] == DAGS_PVC["spec"]["accessModes"] == ["ReadOnlyMany"]
-    assert "persistence" not in BASE["dags"]  # the base keeps the DAGs baked into the image
-
-
-def test_remote_logging_overlay_uses_aws_conn_and_leaves_the_bucket_to_the_scripts() -> None:
-    logging = REMOTE_LOGS["config"]["logging"]
-    assert logging["remote_logging"] == "True" and logging["remote_log_conn_id"] == "aws_conn"
-    assert logging["remote_base_log_folder"] == ""  # --set-string from REMOTE_LOG_BUCKET/PREFIX
-    assert "logs" not in REMOTE_LOGS  # no volume: the logs go to S3
+def test_dags_from_host_mounts_the_dags_claim_in_every_dag_reader(render) -> None:
+    found = pods(render("dags-from-host"))
+    # what parses or runs DAG code (the API server reads serialized DAGs from the database)
+    for name in ("pod-template", "airflow-dag-processor", "airflow-triggerer"):
+        assert claims(found[name]).get("dags") == DAGS_PVC["metadata"]["name"], name
+    assert "dags" not in claims(pods(render("kind"))["pod-template"])  # baked into the image
 
 
 def test_kind_node_image_is_kubernetes_1_29_pinned_by_digest() -> None:
@@ -185,76 +185,45 @@ def test_kind_node_image_is_kubernetes_1_29_pinned_by_digest() -> None:
         assert re.fullmatch(r"kindest/node:v1\.29\.\d+@sha256:[0-9a-f]{64}", node["image"])
 
 
-def test_ui_nodeport_is_the_one_kind_maps_to_host_8080() -> None:
-    (port,) = BASE["apiServer"]["service"]["ports"]
+def test_ui_nodeport_is_the_one_kind_maps_to_host_8080(render) -> None:
+    (service,) = [s for s in of_kind(render("kind"), "Service")
+                  if s["metadata"]["name"] == "airflow-api-server"]  # fmt: skip
+    assert service["spec"]["type"] == "NodePort"
+    (port,) = service["spec"]["ports"]
     mappings = [m for n in KIND["nodes"] for m in n.get("extraPortMappings", [])]
     assert [(m["containerPort"], m["hostPort"]) for m in mappings] == [(port["nodePort"], 8080)]
     assert mappings[0]["listenAddress"] == "127.0.0.1"
-    assert BASE["apiServer"]["service"]["type"] == "NodePort"
 
 
-def test_network_policies_admit_task_pods_to_the_api_server() -> None:
-    assert BASE["networkPolicies"]["enabled"] is True
-    worker_pod_labels = {"tier": "airflow", "component": "worker", "release": "airflow"}
-    rules = BASE["apiServer"]["networkPolicy"]["ingress"]
-    selectors = [r["podSelector"]["matchLabels"] for r in rules["from"] if "podSelector" in r]
-    assert any(s.items() <= worker_pod_labels.items() for s in selectors)
-    assert rules["ports"] == [{"port": "{{ .Values.ports.apiServer }}"}]
-    # the database admits the components that use it, not the task pods
-    postgres = BASE["postgresql"]["networkPolicy"]
-    only_from = postgres["ingressRules"]["primaryAccessOnlyFrom"]
-    assert postgres["enabled"] and only_from["enabled"] and "podSelector" not in only_from
-    ((peer,),) = [rule["from"] for rule in only_from["customRules"]]
-    (expression,) = peer["podSelector"]["matchExpressions"]
-    assert expression["key"] == "component" and expression["operator"] == "In"
-    assert "scheduler" in expression["values"] and "worker" not in expression["values"]
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_every_container_has_requests_within_limits(render, scenario: str) -> None:
+    for name, pod in pods(render(scenario)).items():
+        for c in containers(pod):
+            resources = c.get("resources") or {}
+            requests, limits = resources.get("requests", {}), resources.get("limits", {})
+            assert {"cpu", "memory"} <= set(requests) and {"cpu", "memory"} <= set(limits), (
+                name, c["name"],
+            )  # fmt: skip
+            for what in ("cpu", "memory"):
+                assert quantity(requests[what]) <= quantity(limits[what]), (name, c["name"])
 
 
-def test_statsd_on() -> None:
-    assert BASE["statsd"]["enabled"] is True
+def always_on_requests(docs: chart_render.Docs) -> tuple[float, float]:
+    """CPU and memory (GiB) requested by the long-running pods, replicas counted."""
+    cpu = memory = 0.0
+    for doc in docs:
+        if doc["kind"] not in ("Deployment", "StatefulSet"):
+            continue
+        pod = doc["spec"]["template"]
+        for c in pod["spec"]["containers"]:  # init containers finish before the pod runs
+            requests = c["resources"]["requests"]
+            cpu += doc["spec"].get("replicas", 1) * quantity(requests["cpu"])
+            memory += doc["spec"].get("replicas", 1) * quantity(requests["memory"]) / 2**30
+    return cpu, memory
 
 
-@pytest.mark.parametrize("path", [path for path, _ in COMPONENTS])
-def test_every_component_has_requests_within_limits(path: str) -> None:
-    resources = lookup(BASE, path)["resources"]
-    requests, limits = resources["requests"], resources["limits"]
-    assert cpu(requests["cpu"]) <= cpu(limits["cpu"])
-    assert memory_gi(requests["memory"]) <= memory_gi(limits["memory"])
-
-
-def test_the_install_fits_a_laptop() -> None:
-    always_on = [lookup(BASE, p)["resources"]["requests"] for p, on in COMPONENTS if on]
-    assert sum(cpu(r["cpu"]) for r in always_on) <= LAPTOP_CPU_REQUESTS
-    assert sum(memory_gi(r["memory"]) for r in always_on) <= LAPTOP_MEMORY_REQUESTS_GI
-
-
-def inline_secrets(values: Any, path: str = "") -> list[str]:
-    """Paths of chart keys that would carry a secret value in the values themselves."""
-    found = []
-    if isinstance(values, dict):
-        for key, value in values.items():
-            here = f"{path}.{key}".lstrip(".")
-            if key in INLINE_SECRET_KEYS and value is not None:
-                found.append(here)
-            found += inline_secrets(value, here)
-    return found
-
-
-INLINE_SECRET_KEYS = {
-    "fernetKey", "apiSecretKey", "jwtSecret", "webserverSecretKey", "postgresPassword",
-    "password", "pass", "sshKey", "metadataConnection", "GITSYNC_PASSWORD", "GIT_SYNC_PASSWORD",
-}  # fmt: skip
-
-
-def test_no_secret_material_in_the_values() -> None:
-    assert inline_secrets({"a": {"sshKey": "x", "b": [1]}, "password": None}) == ["a.sshKey"]
-    for values in (BASE, OVERLAY):
-        found = inline_secrets(values)
-        # the one allowed: the chart's install notes show a hint where the password is
-        assert found in ([], ["webserver.defaultUser.password"])
-        assert (
-            not found
-            or "get secret airflow-admin-user" in BASE["webserver"]["defaultUser"]["password"]
-        )
-    text = (REPO / "chart/values.yaml").read_text()
-    assert not re.search(r"\b\d{12}\b", text)  # no AWS account id
+@pytest.mark.parametrize("scenario", ["kind", "git-https"])
+def test_the_install_fits_a_laptop(render, scenario: str) -> None:
+    cpu, memory = always_on_requests(render(scenario))
+    assert cpu <= LAPTOP_CPU_REQUESTS
+    assert memory <= LAPTOP_MEMORY_REQUESTS_GI
