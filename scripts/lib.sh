@@ -850,7 +850,7 @@ settings_yaml() {
         [ -z "${GIT_SYNC_USERNAME:-}" ] || printf '    credentialsSecret: %s\n' "$(yaml_str "$SECRET_GIT")"
         if [ -n "$GIT_SYNC_SSH_KEY_FILE" ]; then
             printf '    sshKeySecret: %s\n    knownHosts: %s\n' "$(yaml_str "$SECRET_GIT_SSH")" \
-                "$(yaml_str "$(cat "$GIT_SYNC_KNOWN_HOSTS_FILE")")"
+                "$(yaml_str "$(cat "$GIT_SYNC_KNOWN_HOSTS_FILE")"$'\n')"
         fi
     fi
     # Pipeline settings that must be identical in every component and task pod (asset URIs).

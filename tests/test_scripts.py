@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from tests.script_sandbox import (
     REPO,
     VALUES,
     VERSIONS,
+    Result,
     Sandbox,
     commands,
     first,
@@ -37,6 +39,14 @@ pytestmark = pytest.mark.k8s
 @pytest.fixture
 def sandbox(tmp_path: Path) -> Sandbox:
     return Sandbox(tmp_path)
+
+
+def pin_digests(sandbox: Sandbox) -> None:
+    """What `make k8s-refresh-digests` writes (a registry build refuses to run without it)."""
+    digests = sandbox.repo / "cicd/image-digests.env"
+    digests.write_text(digests.read_text().replace("AIRFLOW_BASE_DIGEST=\n", f"AIRFLOW_BASE_DIGEST={DIGEST}\n"))
+    values = sandbox.repo / "chart/values.yaml"
+    values.write_text(values.read_text().replace('    digest: ""', f'    digest: "{DIGEST}"'))
 
 
 # --- install from ECR -----------------------------------------------------------------------
@@ -70,7 +80,16 @@ def test_fresh_ecr_install_runs_every_step_in_order(sandbox: Sandbox) -> None:
 
     args = helm_install_args(result)
     assert args[args.index("--version") + 1] == VERSIONS["AIRFLOW_CHART_VERSION"]
-    assert values_files(args) == ["values.yaml", "values-override-with-persistence.yaml"]
+    assert values_files(args) == [
+        "values.yaml", "values-override-with-persistence.yaml", "settings.yaml"
+    ]  # fmt: skip
+    # the repository's own chart, after the Airflow release, with the same values files
+    platform = helm_install_args(result, "platform")
+    assert platform[platform.index("--install") + 1] == "airflow-platform"
+    assert values_files(platform) == values_files(args)
+    assert first(result, "helm upgrade --install airflow airflow") < first(
+        result, "helm upgrade --install airflow-platform"
+    )
     assert "--reuse-values" not in args and "--wait" not in args
     assert set_values(args)["images.airflow.repository"] == f"{REGISTRY}/airflow-stackexchange"
     # the newest image built from main: not a newer branch or -dirty build, not the newest name
@@ -235,29 +254,79 @@ def test_docker_daemon_down_is_a_clear_error(sandbox: Sandbox) -> None:
 # --- dry run --------------------------------------------------------------------------------
 
 
+# What a dry run may run: the preflight's version/daemon checks and read-only queries.
+READ_ONLY = (
+    "version", "--version", "info", "get", "status", "config", "sts get-caller-identity",
+    "ecr describe-images", "ecr describe-repositories", "image inspect",
+)  # fmt: skip
+
+
+def read_only(command: str) -> bool:
+    words = command.split()[1:]
+    if words[:1] == ["--namespace"]:
+        words = words[2:]
+    return " ".join(words).startswith(READ_ONLY)
+
+
+def only_read_only(result: Result) -> bool:
+    return all(read_only(c) for c in commands(result))
+
+
 @pytest.mark.parametrize(
     ("script", "args", "expected"),
     [
         ("scripts/install-airflow-2-ecr.sh", (), "helm --kube-context kind-airflow upgrade"),
         ("scripts/install-airflow.sh", (), "kind create cluster --name airflow"),
-        ("scripts/upgrade-dags.sh", (), "docker build --file"),
-        ("scripts/check-airflow-status.sh", (), "curl -fsS"),
         ("cicd/build-and-push.sh", (), "docker push"),
     ],
 )
-def test_dry_run_prints_the_commands_and_runs_none(
+def test_dry_run_prints_the_commands_and_changes_nothing(
     sandbox: Sandbox, script: str, args: tuple[str, ...], expected: str
 ) -> None:
+    pin_digests(sandbox)
     before = sandbox.state_file.read_text()
     result = sandbox.run(script, "--dry-run", *args)
     assert result.code == 0, result.err
     assert f"+ {expected}" in result.err  # commands are shown on stderr, like set -x
-    # only the preflight's version/daemon checks ran; no query, no change
-    assert all(c.split()[1] in ("version", "--version", "info") for c in commands(result)), (
-        commands(result)
-    )
+    assert only_read_only(result), commands(result)
     assert sandbox.state_file.read_text() == before
     assert not (sandbox.repo / "logs").exists()
+
+
+def test_dry_run_after_an_install_prints_what_a_real_run_would_do(sandbox: Sandbox) -> None:
+    assert sandbox.run("scripts/install-airflow.sh").code == 0
+    before = sandbox.state_file.read_text()
+    dry = sandbox.run("scripts/install-airflow.sh", "--dry-run")
+    assert dry.code == 0, dry.err
+    assert only_read_only(dry), commands(dry)
+    assert sandbox.state_file.read_text() == before
+    real = sandbox.run("scripts/install-airflow.sh")
+    changed = [c for c in commands(real) if not read_only(c)]
+    shown = [line[2:] for line in dry.err.splitlines() if line.startswith("+ ")]
+    # the existing cluster and Secrets: neither run creates them; both say so
+    for step in ("kind create cluster", "create secret generic airflow-fernet-key"):
+        assert not any(step in line for line in shown), step
+        assert not any(step in c for c in changed), step
+    assert "Kind cluster 'airflow' exists: using it" in dry.out
+    assert "Secret airflow-fernet-key exists: kept" in dry.out
+    # every changing command of the real run was in the plan, in the same order (the image tag
+    # holds the time: compared without it)
+    plan = [line.replace("--context kind-airflow ", "").replace("--kube-context kind-airflow ", "")
+            for line in shown]  # fmt: skip
+    def words(command: str) -> list[str]:
+        return re.sub(r"\d{8}T\d{6}Z", "<time>", command).split()[:5]
+
+    positions = [
+        next(i for i, line in enumerate(plan) if words(line) == words(command))
+        for command in changed
+    ]
+    assert positions == sorted(positions), "\n".join(plan)
+
+    installed = sandbox.state_file.read_text()
+    upgrade = sandbox.run("scripts/upgrade-dags.sh", "--dry-run")
+    assert upgrade.code == 0, upgrade.err
+    assert "+ docker build --file" in upgrade.err and only_read_only(upgrade)
+    assert sandbox.state_file.read_text() == installed
 
 
 def test_dry_run_shows_the_whole_install_plan(sandbox: Sandbox) -> None:
@@ -360,7 +429,7 @@ def test_env_file_configures_the_scripts(sandbox: Sandbox) -> None:
     args = helm_install_args(result)
     assert args[args.index("--namespace") + 1] == "data-platform"
     # without the hostPath volume, task logs go to S3
-    assert values_files(args) == ["values.yaml", "values-remote-logging.yaml"]
+    assert values_files(args) == ["values.yaml", "values-remote-logging.yaml", "settings.yaml"]
     assert set_values(args)["config.logging.remote_base_log_folder"] == (
         "s3://logs-bucket/airflow/dev"
     )
@@ -490,6 +559,7 @@ def test_cleanup_with_yes_removes_everything_and_is_safe_to_repeat(sandbox: Sand
 
 
 def test_build_and_push_pushes_once_and_refuses_latest(sandbox: Sandbox) -> None:
+    pin_digests(sandbox)
     sandbox.state["ecr_repositories"] = []
     sandbox.save()
     pushed = sandbox.run("cicd/build-and-push.sh", "--tag", "0123abc")
@@ -557,7 +627,7 @@ def test_git_sync_over_ssh_stores_the_key_in_a_secret(sandbox: Sandbox) -> None:
     values = set_values(args)
     assert values["dags.gitSync.sshKeySecret"] == "airflow-git-ssh-key"
     assert "dags.gitSync.credentialsSecret" not in values
-    assert args[args.index("--set-file") + 1] == f"dags.gitSync.knownHosts={known_hosts}"
+    assert values["dags.gitSync.knownHosts"] == known_hosts.read_text()
     assert sandbox.secret("airflow-git-ssh-key") == {"gitSshKey": key.read_text()}
     assert "testing" not in result.out + result.err
 
@@ -566,7 +636,8 @@ def test_dags_from_the_host_add_the_overlay_and_volume(sandbox: Sandbox) -> None
     result = sandbox.run("scripts/install-airflow.sh", DAGS_FROM_HOST="true")
     assert result.code == 0, result.err
     assert values_files(helm_install_args(result)) == [
-        "values.yaml", "values-override-with-persistence.yaml", "values-dags-from-host.yaml"
+        "values.yaml", "values-override-with-persistence.yaml", "values-dags-from-host.yaml",
+        "settings.yaml",
     ]  # fmt: skip
     assert "airflow/PersistentVolumeClaim/airflow-dags-pvc" in sandbox.state["applied"]
     both = sandbox.run("scripts/install-airflow.sh", DAGS_FROM_HOST="true", GIT_SYNC_REPO="x")
@@ -622,6 +693,7 @@ def test_cleanup_dry_run_prints_the_plan_for_what_is_installed(sandbox: Sandbox)
 
 
 def test_ci_builds_are_tagged_with_where_they_came_from(sandbox: Sandbox) -> None:
+    pin_digests(sandbox)
     main = sandbox.run("cicd/build-and-push.sh", GITHUB_REF_NAME="main", GITHUB_REF_TYPE="branch")
     assert main.code == 0, main.err
     assert sandbox.state["ecr_images"][-1]["imageTags"][0].startswith("main-")
@@ -629,7 +701,22 @@ def test_ci_builds_are_tagged_with_where_they_came_from(sandbox: Sandbox) -> Non
     assert release.code == 0, release.err
     assert sandbox.state["ecr_images"][-1]["imageTags"] == ["v1.2.0"]
     build = sandbox.state["builds"][-1]
-    assert f"BASE_IMAGE=apache/airflow:{VERSIONS['AIRFLOW_VERSION']}-python3.11" in " ".join(build)
+    assert (
+        f"BASE_IMAGE=apache/airflow:{VERSIONS['AIRFLOW_VERSION']}-python3.11@{DIGEST}"
+        in " ".join(build)
+    )
+
+
+def test_a_registry_build_refuses_empty_image_pins(sandbox: Sandbox) -> None:
+    result = sandbox.run("cicd/build-and-push.sh", "--tag", "v1.0.1")
+    assert result.code == 1
+    assert "AIRFLOW_BASE_DIGEST in cicd/image-digests.env" in result.err
+    assert "postgresql.image.digest in chart/values.yaml" in result.err
+    assert "make k8s-refresh-digests" in result.err
+    assert result.calls == [] and sandbox.state["builds"] == []
+    # a local Kind build only warns
+    local = sandbox.run("scripts/install-airflow.sh")
+    assert local.code == 0 and "make k8s-refresh-digests" in local.err
 
 
 DIGEST = "sha256:" + "ab" * 32
