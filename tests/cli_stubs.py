@@ -366,7 +366,9 @@ def keep_values_files(args: list[str]) -> dict[str, dict[str, str]]:
     for i, arg in enumerate(args[:-1]):
         source = Path(args[i + 1])
         if arg in ("--values", "-f") and source.is_file():
-            copy = Path(os.environ["STUB_LOG"]).parent / "helm-values" / uuid.uuid4().hex / source.name
+            copy = (
+                Path(os.environ["STUB_LOG"]).parent / "helm-values" / uuid.uuid4().hex / source.name
+            )
             copy.parent.mkdir(parents=True)
             shutil.copyfile(source, copy)
             kept[str(source)] = {"copy": str(copy), "mode": oct(source.stat().st_mode & 0o777)}

@@ -63,9 +63,7 @@ PRODUCTION = {
 }
 # A URI whose password needs URL-encoding, to the external database over TLS.
 DB_PASSWORD = 'pa:ss@w"rd'
-METADATA_DB_URI = (
-    "postgresql://airflow_user:pa%3Ass%40w%22rd@db.example.internal:5433/airflow_meta?sslmode=require"
-)
+METADATA_DB_URI = "postgresql://airflow_user:pa%3Ass%40w%22rd@db.example.internal:5433/airflow_meta?sslmode=require"
 
 
 @dataclass
@@ -164,8 +162,9 @@ def commands(result: Result) -> list[str]:
     """Calls as strings without the kube context flags, e.g. 'kubectl create namespace airflow'."""
     out = []
     for call in result.calls:
-        args = [a for a in call["args"] if a != "kind-airflow"]
-        args = [a for a in args if a not in ("--context", "--kube-context")]
+        args = list(call["args"])
+        if args[:1] in (["--context"], ["--kube-context"]):
+            del args[:2]
         out.append(" ".join([call["tool"], *args]))
     return out
 

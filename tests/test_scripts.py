@@ -19,7 +19,10 @@ import yaml
 from cryptography.fernet import Fernet
 
 from tests.script_sandbox import (
+    DB_PASSWORD,
+    METADATA_DB_URI,
     NEWEST_MAIN,
+    PRODUCTION,
     REGISTRY,
     REPO,
     VALUES,
@@ -30,6 +33,7 @@ from tests.script_sandbox import (
     first,
     helm_install_args,
     set_values,
+    settings_file,
     values_files,
 )
 
@@ -44,7 +48,9 @@ def sandbox(tmp_path: Path) -> Sandbox:
 def pin_digests(sandbox: Sandbox) -> None:
     """What `make k8s-refresh-digests` writes (a registry build refuses to run without it)."""
     digests = sandbox.repo / "cicd/image-digests.env"
-    digests.write_text(digests.read_text().replace("AIRFLOW_BASE_DIGEST=\n", f"AIRFLOW_BASE_DIGEST={DIGEST}\n"))
+    digests.write_text(
+        digests.read_text().replace("AIRFLOW_BASE_DIGEST=\n", f"AIRFLOW_BASE_DIGEST={DIGEST}\n")
+    )
     values = sandbox.repo / "chart/values.yaml"
     values.write_text(values.read_text().replace('    digest: ""', f'    digest: "{DIGEST}"'))
 
@@ -313,6 +319,7 @@ def test_dry_run_after_an_install_prints_what_a_real_run_would_do(sandbox: Sandb
     # holds the time: compared without it)
     plan = [line.replace("--context kind-airflow ", "").replace("--kube-context kind-airflow ", "")
             for line in shown]  # fmt: skip
+
     def words(command: str) -> list[str]:
         return re.sub(r"\d{8}T\d{6}Z", "<time>", command).split()[:5]
 
@@ -758,3 +765,215 @@ def test_refresh_digests_pins_images_and_actions(sandbox: Sandbox) -> None:
     sandbox.save()
     gone = sandbox.run("scripts/refresh-digests.sh")
     assert gone.code == 1 and f"no digest for {airflow}" in gone.err
+
+
+# --- production profile and release pinning ------------------------------------------------------
+
+ENCODED_PASSWORD = METADATA_DB_URI.split(":")[2].split("@")[0]
+
+
+def secret_leaks(result: Result, sandbox: Sandbox) -> list[str]:
+    """Where the database URI or its password shows: output, argv, the generated values."""
+    found = []
+    for needle in (METADATA_DB_URI, DB_PASSWORD, ENCODED_PASSWORD):
+        if needle in result.out + result.err:
+            found.append(f"output: {needle}")
+        for call in result.calls:
+            if needle in " ".join(call["args"]):
+                found.append(f"argv of {call['tool']}: {needle}")
+            for kept in call.get("files", {}).values():
+                if needle in Path(kept["copy"]).read_text():
+                    found.append(f"values file: {needle}")
+    return found
+
+
+def test_production_without_a_database_fails_before_any_call(sandbox: Sandbox) -> None:
+    result = sandbox.run("scripts/install-airflow-2-ecr.sh", "--tag", "v1.0.0", **PRODUCTION)
+    assert result.code == 1
+    assert "PROFILE=production uses an external PostgreSQL" in result.err
+    assert "METADATA_DB_URI" in result.err and "METADATA_DB_SECRET" in result.err
+    assert result.calls == []  # no helm, no kubectl, not even a version check
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        (METADATA_DB_URI.replace("sslmode=require", "sslmode=disable"), "has sslmode=disable"),
+        (
+            METADATA_DB_URI.replace("sslmode=require", "sslmode=prefer"),
+            "has sslmode=prefer: TLS is required",
+        ),
+        (METADATA_DB_URI.split("?")[0], "has no sslmode"),
+        (METADATA_DB_URI.replace("postgresql://", "mysql://"), "is not postgresql://USER"),
+    ],
+)
+def test_production_refuses_a_database_uri_without_tls(
+    sandbox: Sandbox, uri: str, message: str
+) -> None:
+    result = sandbox.run(
+        "scripts/install-airflow-2-ecr.sh", "--tag", "v1.0.0", **PRODUCTION, METADATA_DB_URI=uri
+    )
+    assert result.code == 1
+    assert f"METADATA_DB_URI {message}" in result.err
+    assert result.calls == [] and ENCODED_PASSWORD not in result.out + result.err
+
+
+def test_production_dry_run_prints_the_production_plan(sandbox: Sandbox) -> None:
+    before = sandbox.state_file.read_text()
+    result = sandbox.run(
+        "scripts/install-airflow-2-ecr.sh", "--dry-run", "--tag", "v1.0.0",
+        **PRODUCTION, METADATA_DB_URI=METADATA_DB_URI, GIT_SYNC_REPO="https://example.com/d.git",
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    assert sandbox.state_file.read_text() == before and only_read_only(result)
+    plan = result.err
+    for step in (
+        "kubectl --context prod-cluster create namespace airflow",
+        "kubectl --context prod-cluster --namespace airflow create secret generic airflow-jwt",
+        "create secret generic airflow-metadata-db-external",  # applied: follows the URI
+        "create secret generic airflow-metadata-connection",
+        "create secret generic airflow-pgbouncer-config",
+        "create secret generic airflow-pgbouncer-stats",
+        "helm --kube-context prod-cluster upgrade --install airflow airflow",
+        "chart/values-production.yaml",
+        "helm --kube-context prod-cluster upgrade --install airflow-platform",
+    ):
+        assert step in plan, step
+    for kind_step in (
+        "kind ",
+        "docker pull",
+        "docker login",
+        "persistent-volume",
+        "postgresql-credentials",
+    ):
+        assert f"+ {kind_step}" not in plan and kind_step not in " ".join(commands(result))
+    # the generated values are shown: the release tag pins the image and the DAGs
+    assert 'tag: "v1.0.0"' in result.out and 'ref: "v1.0.0"' in result.out
+    assert 'name: "airflow.example.com"' in result.out
+    assert secret_leaks(result, sandbox) == []
+
+
+def test_production_install_from_a_database_uri(sandbox: Sandbox) -> None:
+    env = PRODUCTION | {"GIT_SYNC_REPO": "https://example.com/org/dags.git", "GIT_SYNC_REF": "main"}
+    result = sandbox.run(
+        "scripts/install-airflow-2-ecr.sh",
+        "--tag",
+        "v1.0.0",
+        **env,
+        METADATA_DB_URI=METADATA_DB_URI,
+    )
+    assert result.code == 0, result.err
+    assert not any(c.startswith(("kind", "docker")) for c in commands(result))
+    assert all(
+        c["args"][:2] in (["--context", "prod-cluster"], ["--kube-context", "prod-cluster"])
+        for c in result.calls if c["tool"] in ("kubectl", "helm") and "version" not in c["args"]
+        and c["args"][:1] != ["config"]
+    )  # fmt: skip
+    # the external URI kept as given; Airflow goes through PgBouncer, PgBouncer to the database
+    # over TLS with the decoded password
+    assert sandbox.secret("airflow-metadata-db-external") == {"connection": METADATA_DB_URI}
+    assert sandbox.secret("airflow-metadata-connection")["connection"] == (
+        f"postgresql://airflow_user:{ENCODED_PASSWORD}@airflow-pgbouncer.airflow:6543"
+        "/airflow-metadata?sslmode=disable"
+    )
+    pgbouncer = sandbox.secret("airflow-pgbouncer-config")
+    ini = pgbouncer["pgbouncer.ini"]
+    assert (
+        "airflow-metadata = host=db.example.internal dbname=airflow_meta port=5433 pool_size=20"
+        in ini.splitlines()
+    )
+    assert "server_tls_sslmode = require" in ini.splitlines()
+    assert "listen_port = 6543" in ini.splitlines()
+    assert pgbouncer["users.txt"] == '"airflow_user" "pa:ss@w""rd"'
+    assert sandbox.secret("airflow-pgbouncer-stats")["connection"].startswith(
+        f"postgresql://airflow_user:{ENCODED_PASSWORD}@127.0.0.1:6543/pgbouncer"
+    )
+    assert "airflow/airflow-postgresql-credentials" not in sandbox.state["secrets"]
+    assert secret_leaks(result, sandbox) == []
+    # one tag pins the image and the synced DAGs; the profile's overlay after the base values
+    args = helm_install_args(result)
+    values = set_values(args)
+    assert values["images.airflow.repository"] == f"{REGISTRY}/airflow-stackexchange"
+    assert values["images.airflow.tag"] == values["dags.gitSync.ref"] == "v1.0.0"
+    assert "git-sync ref: v1.0.0" in result.out
+    assert values_files(args) == [
+        "values.yaml", "values-remote-logging.yaml", "values-production.yaml", "settings.yaml"
+    ]  # fmt: skip
+    assert values["ingress.apiServer.hosts[0].name"] == "airflow.example.com"
+    assert values["platform.externalDatabase.cidr"] == "10.0.32.0/20"
+    assert values["platform.externalDatabase.port"] == "5433"
+    kept = next(c["files"] for c in result.calls if c["tool"] == "helm" and c.get("files"))
+    assert {k["mode"] for p, k in kept.items() if p.endswith("settings.yaml")} == {"0o600"}
+    assert not list(Path(settings_file(args)).parent.parent.glob("tmp.*"))
+    assert values_files(helm_install_args(result, "platform")) == values_files(args)
+    assert sandbox.state["platform_releases"]["airflow"]["revision"] == 1
+    assert "https://airflow.example.com" in result.out
+
+    # later runs name the stored Secret instead of the URI; rollback = the previous tag
+    again = sandbox.run(
+        "scripts/install-airflow-2-ecr.sh", "--tag", "main-20250301T000000Z-zzzzzzzzzzzz",
+        **env, METADATA_DB_SECRET="airflow-metadata-db-external",
+    )  # fmt: skip
+    assert again.code == 0, again.err
+    assert sandbox.secret("airflow-pgbouncer-config") == pgbouncer
+    assert set_values(helm_install_args(again))["dags.gitSync.ref"] == (
+        "main-20250301T000000Z-zzzzzzzzzzzz"
+    )
+    assert secret_leaks(again, sandbox) == []
+    assert sandbox.state["releases"]["airflow"]["revision"] == 2
+
+
+def test_production_needs_a_release_tag_and_an_existing_secret(sandbox: Sandbox) -> None:
+    env = PRODUCTION | {"METADATA_DB_URI": METADATA_DB_URI}
+    untagged = sandbox.run("scripts/install-airflow-2-ecr.sh", **env)
+    assert untagged.code == 1 and "name its tag with --tag" in untagged.err
+    missing = sandbox.run(
+        "scripts/install-airflow-2-ecr.sh", "--tag", "v1.0.0",
+        **PRODUCTION, METADATA_DB_SECRET="nope",
+    )  # fmt: skip
+    assert missing.code == 1 and "Secret 'nope' with key 'connection' not found" in missing.err
+    assert sandbox.state["releases"] == {} and sandbox.state["namespaces"] == ["default"]
+    no_context = sandbox.run(
+        "scripts/install-airflow-2-ecr.sh", "--tag", "v1.0.0", **env | {"KUBE_CONTEXT": "other"}
+    )
+    assert no_context.code == 1 and "context 'other' (KUBE_CONTEXT) not found" in no_context.err
+    for script in (
+        "scripts/install-airflow.sh",
+        "scripts/upgrade-dags.sh",
+        "scripts/complete-cleanup.sh",
+    ):
+        refused = sandbox.run(script, **env)
+        assert refused.code == 1 and "PROFILE=production" in refused.err, script
+        assert refused.calls == [], script
+
+
+def test_evil_settings_stay_literal_strings(sandbox: Sandbox) -> None:
+    evil = 'raw/se,images.airflow.tag=evil\n  tag: "x" # {{ .Values }}'
+    result = sandbox.run(
+        "scripts/install-airflow.sh", STACKEXCHANGE_PREFIX=evil, DATABRICKS_JOB_ID="1}\t'\x01"
+    )
+    assert result.code == 0, result.err
+    args = helm_install_args(result)
+    values = yaml.safe_load(settings_file(args).read_text())
+    assert values["env"] == [
+        {"name": "STACKEXCHANGE_PREFIX", "value": evil},
+        {"name": "DATABRICKS_JOB_ID", "value": "1}\t'\x01"},
+    ]
+    assert values["images"]["airflow"]["tag"].startswith("local-")
+    assert not any(a.startswith("--set") for a in args)
+
+
+def test_upgrade_dags_ref_moves_git_sync_without_a_build(sandbox: Sandbox) -> None:
+    git = {"GIT_SYNC_REPO": "https://example.com/org/dags.git"}
+    assert sandbox.run("scripts/install-airflow.sh", "--ref", "v1.0.0", **git).code == 0
+    image = sandbox.state["releases"]["airflow"]["image"]
+    builds = len(sandbox.state["builds"])
+    moved = sandbox.run("scripts/upgrade-dags.sh", "--ref", "v1.1.0", **git)
+    assert moved.code == 0, moved.err
+    assert "git-sync moves to v1.1.0" in moved.out
+    values = set_values(helm_install_args(moved))
+    assert values["dags.gitSync.ref"] == "v1.1.0"
+    assert f"{values['images.airflow.repository']}:{values['images.airflow.tag']}" == image
+    assert len(sandbox.state["builds"]) == builds
+    bad = sandbox.run("scripts/upgrade-dags.sh", "--ref", "--oops", **git)
+    assert bad.code == 1 and "--ref must be a git tag, commit or branch" in bad.err
