@@ -21,7 +21,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.script_sandbox import VERSIONS, Sandbox, helm_install_args
+from tests.script_sandbox import METADATA_DB_URI, PRODUCTION, VERSIONS, Sandbox, helm_install_args
 
 pytestmark = pytest.mark.k8s
 
@@ -50,22 +50,35 @@ SCENARIOS = {
         "GIT_SYNC_USERNAME": "bot",
         "GIT_SYNC_PASSWORD": "testing",
     },
+    # a setting that would inject a key if passed with --set (#17)
+    "evil": {"STACKEXCHANGE_PREFIX": "raw/se,images.airflow.tag=evil"},
+    # PROFILE=production from a release tag, DAGs from git at that tag (README "Production")
+    "production": PRODUCTION
+    | {"METADATA_DB_URI": METADATA_DB_URI, "GIT_SYNC_REPO": "https://example.com/org/dags.git"},
 }
+# The install command of a scenario (default: scripts/install-airflow.sh).
+COMMANDS = {"production": ("scripts/install-airflow-2-ecr.sh", "--tag", "v1.0.0")}
 
 
 @functools.cache
 def rendered(scenario: str, tmp: Path) -> tuple[dict[str, Any], ...]:
-    """helm template with the helm upgrade arguments the install script used in `scenario`."""
+    """helm template with the helm upgrade arguments the install script used in `scenario`: the
+    Airflow chart, then the repository's own chart (chart/platform) of the second release."""
     root = tmp / scenario
     root.mkdir()
     sandbox = Sandbox(root)
     env = SCENARIOS[scenario]
-    result = sandbox.run("scripts/install-airflow.sh", **env)
+    result = sandbox.run(*COMMANDS.get(scenario, ("scripts/install-airflow.sh",)), **env)
     assert result.code == 0, result.err
     args = helm_install_args(result)
     assert args[args.index("--version") + 1] == VERSIONS["AIRFLOW_CHART_VERSION"]
     chart = yaml.safe_load((Path(CHART) / "Chart.yaml").read_text())
     assert chart["version"] == VERSIONS["AIRFLOW_CHART_VERSION"], "AIRFLOW_CHART_DIR version"
+    platform = helm_install_args(result, "platform")
+    return template(args, CHART) + template(platform, platform[platform.index("--install") + 2])
+
+
+def template(args: list[str], chart: str) -> tuple[dict[str, Any], ...]:
     keep, skip = [], {"--repo", "--version", "--timeout", "--kube-context"}
     rest = args[args.index("--install") + 3 :]
     i = 0
@@ -77,7 +90,7 @@ def rendered(scenario: str, tmp: Path) -> tuple[dict[str, Any], ...]:
         i += 1
     name = args[args.index("--install") + 1]
     out = subprocess.run(
-        [HELM, "template", name, CHART, *keep],
+        [HELM, "template", name, chart, *keep],
         capture_output=True, text=True, check=False, timeout=120,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
@@ -156,7 +169,8 @@ def test_the_checker_flags_what_restricted_forbids() -> None:
 def test_every_pod_meets_restricted_and_every_object_is_valid(render, scenario: str) -> None:
     docs = render(scenario)
     found = pods(docs)
-    assert {"pod-template", "airflow-scheduler", "airflow-postgresql"} <= set(found)
+    assert {"pod-template", "airflow-scheduler"} <= set(found)
+    assert ("airflow-postgresql" in found) is (scenario != "production")
     for name, pod in found.items():
         assert restricted_violations(pod) == [], name
     for doc in docs:
