@@ -128,7 +128,9 @@ def test_ui_login_uses_a_secret_password_not_admin() -> None:
     user = BASE["webserver"]["defaultUser"]
     assert user["enabled"] is True and user["password"] != "admin"
     job = BASE["createUserJob"]
-    assert '--password "$ADMIN_PASSWORD"' in job["args"][-1]
+    # on stdin (the password and its confirmation), never on the command line
+    assert '<<<"$ADMIN_PASSWORD"$\'\\n\'"$ADMIN_PASSWORD"' in job["args"][-1]
+    assert "--password" not in job["args"][-1]
     env = {e["name"]: e for e in job["env"]}
     assert env["ADMIN_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
         "name": "airflow-admin-user",
