@@ -97,7 +97,7 @@ demo-down: ## Stop everything make demo started (safe when nothing runs)
 k8s-install: ## Kind cluster + Airflow with a locally built image (scripts/install-airflow.sh)
 	scripts/install-airflow.sh $(ARGS)
 
-k8s-install-ecr: ## Kind cluster + Airflow with the newest image built from main (ECR)
+k8s-install-ecr: ## Kind cluster + Airflow with the newest image built from main (ECR); PROFILE=production: existing cluster, --tag
 	scripts/install-airflow-2-ecr.sh $(ARGS)
 
 k8s-upgrade-dags: ## Roll out DAG changes (rebuilds the image only when dependencies changed)
