@@ -201,7 +201,12 @@ load_config() {
     GIT_SYNC_SUBPATH="${GIT_SYNC_SUBPATH:-dags}"
     HELM_TIMEOUT="${HELM_TIMEOUT:-15m}"
     ROLLOUT_TIMEOUT="${ROLLOUT_TIMEOUT:-10m}"
-    AIRFLOW_URL="${AIRFLOW_URL:-http://localhost:8080}" # production: https://<INGRESS_HOST>
+    INGRESS_HOST="${INGRESS_HOST:-}"
+    if [ "$PROFILE" = production ] && [ -n "$INGRESS_HOST" ]; then
+        AIRFLOW_URL="${AIRFLOW_URL:-https://$INGRESS_HOST}"
+    else
+        AIRFLOW_URL="${AIRFLOW_URL:-http://localhost:8080}"
+    fi
     LOGS_HOST_DIR="$REPO_ROOT/logs" # kind-config.yaml extraMounts hostPath (./logs)
     local flag
     for flag in PERSISTENCE DAGS_FROM_HOST; do
@@ -226,7 +231,6 @@ check_production_config() {
         die "PROFILE=production keeps task logs in S3: remove PERSISTENCE=true (the Kind hostPath volume) and set REMOTE_LOG_BUCKET"
     [ "$DAGS_FROM_HOST" = false ] ||
         die "DAGS_FROM_HOST=true mounts this checkout into Kind nodes: not with PROFILE=production (DAGs from the image or from GIT_SYNC_REPO at a tag)"
-    INGRESS_HOST="${INGRESS_HOST:-}"
     INGRESS_CLASS="${INGRESS_CLASS:-nginx}"
     INGRESS_TLS_SECRET="${INGRESS_TLS_SECRET:-}"
     INGRESS_CONTROLLER_NAMESPACE="${INGRESS_CONTROLLER_NAMESPACE:-ingress-nginx}"
@@ -942,7 +946,7 @@ print_access() {
 Airflow is up: https://$INGRESS_HOST (Ingress class $INGRESS_CLASS)
   user:     admin
   password: kubectl --context $KUBE_CONTEXT -n $NAMESPACE get secret $SECRET_ADMIN -o jsonpath='{.data.password}' | base64 -d; echo
-Health: AIRFLOW_URL=https://$INGRESS_HOST scripts/check-airflow-status.sh; rollback: install the previous tag (README "Production")
+Health: scripts/check-airflow-status.sh (make k8s-status); rollback: install the previous tag (README "Production")
 EOF
         return 0
     fi

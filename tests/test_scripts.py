@@ -977,3 +977,13 @@ def test_upgrade_dags_ref_moves_git_sync_without_a_build(sandbox: Sandbox) -> No
     assert len(sandbox.state["builds"]) == builds
     bad = sandbox.run("scripts/upgrade-dags.sh", "--ref", "--oops", **git)
     assert bad.code == 1 and "--ref must be a git tag, commit or branch" in bad.err
+
+
+def test_production_status_checks_the_ingress_host(sandbox: Sandbox) -> None:
+    env = PRODUCTION | {"METADATA_DB_URI": METADATA_DB_URI}
+    assert sandbox.run("scripts/install-airflow-2-ecr.sh", "--tag", "v1.0.0", **env).code == 0
+    result = sandbox.run("scripts/check-airflow-status.sh", "--dry-run", **PRODUCTION)
+    assert (
+        "+ curl -fsS --max-time 10 https://airflow.example.com/api/v2/monitor/health" in result.err
+    )
+    assert not any(c.startswith("kind") for c in commands(result))
