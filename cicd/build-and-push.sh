@@ -8,13 +8,15 @@ usage() {
     cat <<'EOF_USAGE'
 Usage: cicd/build-and-push.sh [--tag TAG] [--dry-run] [--env-file FILE]
 
-Builds cicd/Dockerfile (versions from versions.env) and pushes it to
-<account>.dkr.ecr.<AWS_REGION>.amazonaws.com/<ECR_REPOSITORY>. Creates the repository
-(immutable tags, scan on push) if absent; a tag already in ECR is not pushed again.
+Builds cicd/Dockerfile (versions from versions.env, packages from the hashed
+cicd/requirements.lock) and pushes it to <account>.dkr.ecr.<AWS_REGION>.amazonaws.com/<ECR_REPOSITORY>.
+Creates the repository (immutable tags, scan on push) if absent; a tag already in ECR is not
+pushed again. Refuses to build while an image pin is empty (cicd/image-digests.env, the
+Postgres digest in chart/values.yaml): run 'make k8s-refresh-digests' first.
 
   --tag TAG        image tag (default: where it comes from + UTC time + commit, e.g.
                    main-20250101T120000Z-0123456789ab; in CI on a release tag: that tag)
-  --dry-run        print every command, run none
+  --dry-run        run only read-only queries and print every other command
   --env-file FILE  configuration (default: .env; see .env.example)
   -h, --help       this help
 EOF_USAGE
@@ -34,6 +36,7 @@ main() {
     parse_tag_arg "${REST_ARGS[@]+"${REST_ARGS[@]}"}"
     local tag="$TAG"
     load_config
+    require_pinned_digests
     [ "$tag" != latest ] || die "refusing the tag 'latest': every build gets a unique tag"
     [ -n "$tag" ] || tag="$(new_image_tag)"
     require_tools docker aws git

@@ -12,7 +12,7 @@ Read-only. Shows the pods and their health, the Helm release, the API server's h
 endpoint, DAG import errors and the most recent failed task pods. Exits 1 if something is
 unhealthy (not-ready pods, API not healthy, import errors), 0 otherwise.
 
-  --dry-run        print every command, run none
+  --dry-run        the same read-only queries (nothing here changes anything)
   --env-file FILE  configuration (default: .env; see .env.example)
   -h, --help       this help
 EOF_USAGE
@@ -28,11 +28,11 @@ main() {
     require_release
 
     info "Helm release"
-    probe "${HELM[@]}" status "$HELM_RELEASE" --namespace "$NAMESPACE" --show-resources=false | head -n 6 || true
+    query "${HELM[@]}" status "$HELM_RELEASE" --namespace "$NAMESPACE" --show-resources=false | head -n 6 || true
 
     info "Pods"
-    probe "${KUBECTL[@]}" --namespace "$NAMESPACE" get pods -l tier=airflow -o wide || true
-    if output="$(probe "${KUBECTL[@]}" --namespace "$NAMESPACE" get pods \
+    query "${KUBECTL[@]}" --namespace "$NAMESPACE" get pods -l tier=airflow -o wide || true
+    if output="$(query "${KUBECTL[@]}" --namespace "$NAMESPACE" get pods \
         -l 'tier=airflow,kubernetes_executor!=True' --field-selector=status.phase!=Succeeded \
         -o 'jsonpath={range .items[*]}{.metadata.name}{" "}{.status.containerStatuses[*].ready}{"\n"}{end}')"; then
         if grep -w false <<<"$output" >/dev/null; then
@@ -41,7 +41,7 @@ main() {
     fi
 
     info "API health ($AIRFLOW_URL/api/v2/monitor/health)"
-    if output="$(probe curl -fsS --max-time 10 "$AIRFLOW_URL/api/v2/monitor/health")"; then
+    if output="$(query curl -fsS --max-time 10 "$AIRFLOW_URL/api/v2/monitor/health")"; then
         note "$output"
         grep -q '"unhealthy"' <<<"$output" && problems+=("API reports an unhealthy component")
     elif [ "$DRY_RUN" = 0 ]; then
@@ -49,7 +49,7 @@ main() {
     fi
 
     info "DAG import errors"
-    if output="$(probe "${KUBECTL[@]}" --namespace "$NAMESPACE" exec "deployment/$HELM_RELEASE-dag-processor" \
+    if output="$(query "${KUBECTL[@]}" --namespace "$NAMESPACE" exec "deployment/$HELM_RELEASE-dag-processor" \
         -c dag-processor -- airflow dags list-import-errors --output plain)"; then
         if grep -q '^No data found' <<<"$output" || [ -z "$output" ]; then
             note "none"
@@ -60,7 +60,7 @@ main() {
     fi
 
     info "Failed task pods (most recent last)"
-    probe "${KUBECTL[@]}" --namespace "$NAMESPACE" get pods -l kubernetes_executor=True \
+    query "${KUBECTL[@]}" --namespace "$NAMESPACE" get pods -l kubernetes_executor=True \
         --field-selector=status.phase=Failed --sort-by=.metadata.creationTimestamp || true
 
     echo

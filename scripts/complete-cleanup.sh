@@ -84,6 +84,8 @@ main() {
         esac
     done
     load_config
+    [ "$PROFILE" = kind ] ||
+        die "complete-cleanup.sh deletes the Kind cluster and is not for PROFILE=production: on an existing cluster remove the releases by hand (README \"Production\")"
     require_tools docker kind kubectl helm
     survey
     confirm

@@ -6,7 +6,7 @@ set -euo pipefail
 
 usage() {
     cat <<'EOF_USAGE'
-Usage: scripts/upgrade-dags.sh [--dry-run] [--env-file FILE]
+Usage: scripts/upgrade-dags.sh [--ref REF] [--dry-run] [--env-file FILE]
 
 Brings the running install up to date with this checkout and says which path it took:
   - dependencies changed (requirements.txt, constraints.txt, cicd/Dockerfile, versions.env,
@@ -16,29 +16,26 @@ Brings the running install up to date with this checkout and says which path it 
     unchanged: no image build; the DAG processor picks the change up by itself (waits until it
     is ready);
   - DAGs baked into the image: new image and rollout as above.
-Then lists the DAG files changed since the running image's commit.
+  - --ref REF with DAGs from git, dependencies unchanged: `helm upgrade` with the running image,
+    git-sync moves to REF (a tag or commit pins the DAGs; a branch follows it).
+Then lists the DAG files changed since the running image's commit. The Kind profile only: a
+production release is installed by tag (scripts/install-airflow-2-ecr.sh --tag TAG).
 
-  --dry-run        print every command, run none
+  --ref REF        with GIT_SYNC_REPO: the git tag, commit or branch git-sync checks out
+  --dry-run        run only read-only queries (what runs now) and print every other command
   --env-file FILE  configuration (default: .env; see .env.example)
   -h, --help       this help
 EOF_USAGE
 }
 
-# The image the scheduler runs now.
+# The image the scheduler runs now (read-only, also with --dry-run).
 running_image() {
-    show "${KUBECTL[@]}" --namespace "$NAMESPACE" get deployment "$HELM_RELEASE-scheduler" \
-        -o 'jsonpath={.spec.template.spec.containers[0].image}'
-    if [ "$DRY_RUN" = 1 ]; then
-        echo "<running image>"
-        return 0
-    fi
-    "${KUBECTL[@]}" --namespace "$NAMESPACE" get deployment "$HELM_RELEASE-scheduler" \
+    query "${KUBECTL[@]}" --namespace "$NAMESPACE" get deployment "$HELM_RELEASE-scheduler" \
         -o 'jsonpath={.spec.template.spec.containers[0].image}'
 }
 
 # image_label IMAGE LABEL: the label's value, empty when the image or the label is unknown here.
 image_label() {
-    [ "$DRY_RUN" = 0 ] || return 0
     docker image inspect "$1" --format "{{ index .Config.Labels \"$2\" }}" 2>/dev/null || true
 }
 
@@ -72,9 +69,27 @@ rebuild_and_roll_out() {
 
 main() {
     parse_common_args "$@"
-    [ ${#REST_ARGS[@]} -eq 0 ] || die "unknown argument '${REST_ARGS[0]}' (see --help)"
+    local ref=""
+    set -- "${REST_ARGS[@]+"${REST_ARGS[@]}"}"
+    while [ $# -gt 0 ]; do
+        case "$1" in
+        --ref)
+            [ $# -ge 2 ] || die "--ref needs a value"
+            ref="$2"
+            check_ref --ref "$ref"
+            shift
+            ;;
+        *) die "unknown argument '$1' (see --help)" ;;
+        esac
+        shift
+    done
     load_config
+    [ "$PROFILE" = kind ] ||
+        die "PROFILE=production is upgraded by installing the new release tag: scripts/install-airflow-2-ecr.sh --tag <tag> (README \"Production\")"
+    [ -z "$ref" ] || [ -n "$GIT_SYNC_REPO" ] ||
+        die "--ref moves git-sync: set GIT_SYNC_REPO (without it the DAGs come from the image or the host)"
     check_logs_config
+    pin_release "$ref"
     require_tools docker kind kubectl helm git
     require_cluster
     require_release
@@ -87,6 +102,10 @@ main() {
         was="${running_deps:0:12}"
         info "Path: image rebuild (dependencies changed: ${was:-unknown} -> ${wanted_deps:0:12})"
         rebuild_and_roll_out "$old_image"
+    elif [ -n "$ref" ]; then
+        info "Path: no image build (dependencies unchanged); git-sync moves to $ref"
+        helm_deploy "${old_image%:*}" "${old_image##*:}"
+        wait_rollouts
     elif [ "$DAGS_FROM_HOST" = true ] || [ -n "$GIT_SYNC_REPO" ]; then
         local source="the host's dags/ (DAGS_FROM_HOST=true)"
         [ -z "$GIT_SYNC_REPO" ] || source="git ($GIT_SYNC_REPO, pushed commits)"

@@ -26,7 +26,7 @@ from kubernetes.utils import parse_quantity
 from kubernetes_validate import utils as schemas
 
 from local import k8s_tools
-from tests.script_sandbox import VERSIONS, Sandbox, helm_install_args
+from tests.script_sandbox import METADATA_DB_URI, PRODUCTION, VERSIONS, Sandbox, helm_install_args
 
 REPO = Path(__file__).resolve().parents[1]
 KIND = yaml.safe_load((REPO / "kind-config.yaml").read_text())
@@ -58,7 +58,14 @@ SCENARIOS: dict[str, dict[str, str]] = {
         "STACKEXCHANGE_INGEST_CPU": "3",
         "STACKEXCHANGE_INGEST_MEMORY": "1536Mi",
     },
+    # a setting that would inject a key if passed with --set (#17)
+    "evil": {"STACKEXCHANGE_PREFIX": "raw/se,images.airflow.tag=evil"},
+    # PROFILE=production from a release tag, DAGs from git at that tag (README "Production")
+    "production": PRODUCTION
+    | {"METADATA_DB_URI": METADATA_DB_URI, "GIT_SYNC_REPO": "https://example.com/org/dags.git"},
 }
+# The install command of a scenario (default: scripts/install-airflow.sh).
+COMMANDS = {"production": ("scripts/install-airflow-2-ecr.sh", "--tag", "v1.0.0")}
 # Files a scenario's environment names ({root}: the scenario's own directory).
 SCENARIO_FILES = {
     "id_test": "-----BEGIN OPENSSH PRIVATE KEY-----\nnot-a-key\n-----END OPENSSH PRIVATE KEY-----\n",  # noqa: E501
@@ -73,17 +80,26 @@ def tools() -> k8s_tools.Tools:
 
 @functools.cache
 def rendered(scenario: str, tmp: Path) -> Docs:
-    """helm template with the helm upgrade arguments the install script used in `scenario`."""
+    """helm template with the helm upgrade arguments the install script used in `scenario`: the
+    Airflow chart, then the repository's own chart (chart/platform) of the second release."""
     root = tmp / scenario
     root.mkdir(parents=True)
     for name, text in SCENARIO_FILES.items():
         (root / name).write_text(text)
     sandbox = Sandbox(root)
     env = {k: v.format(root=root) for k, v in SCENARIOS[scenario].items()}
-    result = sandbox.run("scripts/install-airflow.sh", **env)
+    result = sandbox.run(*COMMANDS.get(scenario, ("scripts/install-airflow.sh",)), **env)
     assert result.code == 0, result.err
     args = helm_install_args(result)
     assert args[args.index("--version") + 1] == VERSIONS["AIRFLOW_CHART_VERSION"]
+    platform = helm_install_args(result, "platform")
+    return template(args, str(tools().chart)) + template(
+        platform, platform[platform.index("--install") + 2]
+    )
+
+
+def template(args: list[str], chart: str) -> Docs:
+    """`helm template` of one release from its `helm upgrade --install` arguments."""
     start = args.index("--install")
     name, rest = args[start + 1], args[start + 3 :]
     skip = {"--repo", "--version", "--timeout", "--kube-context"}  # each with a value
@@ -95,8 +111,7 @@ def rendered(scenario: str, tmp: Path) -> Docs:
         keep.append(rest[i])
         i += 1
     out = subprocess.run(
-        [str(tools().helm), "template", name, str(tools().chart), *keep,
-         "--kube-version", KUBERNETES_PATCH],
+        [str(tools().helm), "template", name, chart, *keep, "--kube-version", KUBERNETES_PATCH],
         capture_output=True, text=True, check=False, timeout=120,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr

@@ -13,7 +13,9 @@ import base64
 import json
 import os
 import re
+import shutil
 import sys
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -99,6 +101,8 @@ def kubectl(args: list[str], state: dict[str, Any]) -> str:
     match args:
         case ["version", "--client"]:
             return "Client Version: v1.29.14"
+        case ["config", "get-contexts"] if output == "name":
+            return "\n".join(state["contexts"])
         case ["get", "namespace", name]:
             if name not in state["namespaces"]:
                 raise Exit(1, f'Error from server (NotFound): namespaces "{name}" not found')
@@ -184,8 +188,27 @@ def kubectl(args: list[str], state: dict[str, Any]) -> str:
     raise Exit(2, f"kubectl stub: unexpected {args}")
 
 
+def merged_values(args: list[str]) -> dict[str, Any]:
+    """The --values files merged as helm merges them (maps deeply, the last file wins)."""
+    import yaml
+
+    def merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+        for key, value in top.items():
+            if isinstance(value, dict) and isinstance(base.get(key), dict):
+                merge(base[key], value)
+            else:
+                base[key] = value
+        return base
+
+    merged: dict[str, Any] = {}
+    for i, arg in enumerate(args):
+        if arg in ("--values", "-f"):
+            merge(merged, yaml.safe_load(Path(args[i + 1]).read_text()) or {})
+    return merged
+
+
 def helm(args: list[str], state: dict[str, Any]) -> str:
-    pop_option(args, "--kube-context")
+    context = pop_option(args, "--kube-context") or ""
     ns = pop_option(args, "--namespace") or "default"
     match args:
         case ["version", "--short"]:
@@ -194,14 +217,16 @@ def helm(args: list[str], state: dict[str, Any]) -> str:
             if state["releases"].get(ns, {}).get("name") != name:
                 raise Exit(1, "Error: release: not found")
             return f"NAME: {name}\nSTATUS: deployed"
-        case ["upgrade", "--install", name, _chart, *rest]:
+        case ["upgrade", "--install", name, chart, *rest]:
             if ns not in state["namespaces"]:
                 raise Exit(1, f'Error: create: failed to create: namespaces "{ns}" not found')
-            sets = dict(
-                rest[i + 1].split("=", 1) for i, a in enumerate(rest) if a.startswith("--set")
-            )
-            image = f"{sets['images.airflow.repository']}:{sets['images.airflow.tag']}"
-            if image not in state["loaded_images"]:
+            values = merged_values(rest)
+            if chart.endswith("chart/platform"):  # the repository's own chart
+                revision = state["platform_releases"].get(ns, {"revision": 0})["revision"] + 1
+                state["platform_releases"][ns] = {"name": name, "revision": revision}
+                return f'Release "{name}" has been upgraded. Happy Helming!'
+            image = "{repository}:{tag}".format(**values["images"]["airflow"])
+            if context.startswith("kind-") and image not in state["loaded_images"]:
                 raise Exit(1, f"image {image} was not loaded into the Kind nodes")
             revision = state["releases"].get(ns, {"revision": 0})["revision"] + 1
             state["releases"][ns] = {"name": name, "image": image, "revision": revision}
@@ -335,12 +360,30 @@ TOOLS: dict[str, Callable[[list[str], dict[str, Any]], str]] = {
 }
 
 
+def keep_values_files(args: list[str]) -> dict[str, dict[str, str]]:
+    """A copy of each --values file (path -> {copy, mode}), next to the call log."""
+    kept = {}
+    for i, arg in enumerate(args[:-1]):
+        source = Path(args[i + 1])
+        if arg in ("--values", "-f") and source.is_file():
+            copy = (
+                Path(os.environ["STUB_LOG"]).parent / "helm-values" / uuid.uuid4().hex / source.name
+            )
+            copy.parent.mkdir(parents=True)
+            shutil.copyfile(source, copy)
+            kept[str(source)] = {"copy": str(copy), "mode": oct(source.stat().st_mode & 0o777)}
+    return kept
+
+
 def main(tool: str) -> None:
     args = sys.argv[1:]
     if tool == "git" and args[:1] != ["ls-remote"]:  # local git: the real one, not recorded
         os.execv(os.environ["STUB_REAL_GIT"], ["git", *args])
+    record: dict[str, Any] = {"tool": tool, "args": args}
+    if tool == "helm":  # values files the script removes when it exits: kept for the tests
+        record["files"] = keep_values_files(args)
     with open(os.environ["STUB_LOG"], "a") as log:
-        log.write(json.dumps({"tool": tool, "args": args}) + "\n")
+        log.write(json.dumps(record) + "\n")
     state = load_state()
     before = json.dumps(state)
     try:

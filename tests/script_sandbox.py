@@ -51,6 +51,19 @@ ECR_IMAGES = [  # lexical order of the main tags is the opposite of the push ord
     ecr_image(None, "2025-06-01"),
 ]
 REGISTRY = "123456789012.dkr.ecr.us-east-1.amazonaws.com"
+PRODUCTION_CONTEXT = "prod-cluster"
+# PROFILE=production settings of the tests (the database URI is given per test).
+PRODUCTION = {
+    "PROFILE": "production",
+    "KUBE_CONTEXT": PRODUCTION_CONTEXT,
+    "REMOTE_LOG_BUCKET": "logs",
+    "INGRESS_HOST": "airflow.example.com",
+    "INGRESS_CLASS": "nginx",
+    "METADATA_DB_CIDR": "10.0.32.0/20",
+}
+# A URI whose password needs URL-encoding, to the external database over TLS.
+DB_PASSWORD = 'pa:ss@w"rd'
+METADATA_DB_URI = "postgresql://airflow_user:pa%3Ass%40w%22rd@db.example.internal:5433/airflow_meta?sslmode=require"
 
 
 @dataclass
@@ -107,6 +120,8 @@ class Sandbox:
             "ecr_repositories": ["airflow-stackexchange"],
             "docker_daemon": True,
             "aws_identity": True,
+            "contexts": ["kind-airflow", PRODUCTION_CONTEXT],
+            "platform_releases": {},
         }
         self.save()
         self.env = {
@@ -147,8 +162,9 @@ def commands(result: Result) -> list[str]:
     """Calls as strings without the kube context flags, e.g. 'kubectl create namespace airflow'."""
     out = []
     for call in result.calls:
-        args = [a for a in call["args"] if a != "kind-airflow"]
-        args = [a for a in args if a not in ("--context", "--kube-context")]
+        args = list(call["args"])
+        if args[:1] in (["--context"], ["--kube-context"]):
+            del args[:2]
         out.append(" ".join([call["tool"], *args]))
     return out
 
@@ -160,16 +176,41 @@ def first(result: Result, prefix: str) -> int:
     raise AssertionError(f"no call starting with {prefix!r} in:\n" + "\n".join(commands(result)))
 
 
-def helm_install_args(result: Result) -> list[str]:
-    calls = [c["args"] for c in result.calls if c["tool"] == "helm" and "upgrade" in c["args"]]
+def helm_install_args(result: Result, chart: str = "airflow") -> list[str]:
+    """The helm upgrade arguments of the release of `chart` ("airflow" or "platform"), the
+    generated values file replaced by the stub's copy (the script removes it on exit)."""
+    calls = [
+        c for c in result.calls if c["tool"] == "helm" and "upgrade" in c["args"]
+        and Path(c["args"][c["args"].index("--install") + 2]).name == chart
+    ]  # fmt: skip
     assert len(calls) == 1, calls
-    return calls[0]
+    kept = calls[0]["files"]
+    return [kept[a]["copy"] if a in kept else a for a in calls[0]["args"]]
+
+
+def settings_file(args: list[str]) -> Path:
+    """The generated values file (scripts/lib.sh write_settings_values) among the --values."""
+    (path,) = [args[i + 1] for i, a in enumerate(args) if a == "--values"
+               and Path(args[i + 1]).name == "settings.yaml"]  # fmt: skip
+    return Path(path)
 
 
 def set_values(args: list[str]) -> dict[str, str]:
-    return dict(
-        args[i + 1].split("=", 1) for i, a in enumerate(args) if a in ("--set", "--set-string")
-    )
+    """The generated values file flattened to helm --set keys: images.airflow.tag, env[0].name."""
+    flat: dict[str, str] = {}
+
+    def walk(value: Any, key: str) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{key}.{k}" if key else k)
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(v, f"{key}[{i}]")
+        else:
+            flat[key] = str(value).lower() if isinstance(value, bool) else str(value)
+
+    walk(yaml.safe_load(settings_file(args).read_text()), "")
+    return flat
 
 
 def values_files(args: list[str]) -> list[str]:

@@ -66,7 +66,11 @@ def test_hadolint_flags_a_bad_dockerfile(tmp_path: Path) -> None:
 def test_dockerfile_builds_what_the_scripts_describe() -> None:
     text = (REPO / "cicd/Dockerfile").read_text()
     assert "ARG BASE_IMAGE\n# hadolint ignore=DL3006\nFROM ${BASE_IMAGE}\n" in text
-    assert "-r /opt/airflow/build/requirements.txt -c /opt/airflow/build/constraints.txt" in text
+    assert "COPY --chown=airflow:0 cicd/requirements.lock /opt/airflow/build/\n" in text
+    assert (
+        "pip install --no-cache-dir --require-hashes -r /opt/airflow/build/requirements.lock"
+        in text
+    )
     assert "COPY --chown=airflow:0 dags/ /opt/airflow/dags/" in text
     assert "ENV PYTHONPATH=/opt/airflow/dags" in text
     assert re.findall(r"^USER (\S+)", text, re.M) == ["airflow"]
@@ -105,12 +109,55 @@ def test_images_are_pushed_only_from_main_and_release_tags() -> None:
 
 def test_docker_context_holds_only_what_the_image_copies() -> None:
     ignore = (REPO / ".dockerignore").read_text().split()
-    assert ignore[ignore.index("*") :][:4] == [
-        "*",
-        "!requirements.txt",
-        "!constraints.txt",
-        "!dags/",
+    assert ignore[ignore.index("*") :][:3] == ["*", "!cicd/requirements.lock", "!dags/"]
+
+
+def pins(text: str) -> dict[str, str]:
+    """name -> version of the `name==version` lines (names normalised as pip does)."""
+    found = {}
+    for line in text.splitlines():
+        match = re.match(r"^([A-Za-z0-9_.\[\]-]+)==([^\s;\\]+)", line)
+        if match:
+            name = re.sub(r"[-_.]+", "-", match.group(1).split("[")[0]).lower()
+            found[name] = match.group(2)
+    return found
+
+
+def lock_problems(lock: str, requirements: str, constraints: str, airflow: str) -> list[str]:
+    """How the hashed lock disagrees with requirements.txt + constraints.txt + Airflow's pin."""
+    problems, locked = [], pins(lock)
+    wanted = pins(requirements) | {"apache-airflow": airflow}
+    for name, version in wanted.items():
+        if locked.get(name) != version:
+            problems.append(f"{name}: lock {locked.get(name)}, wanted {version}")
+    for name, version in pins(constraints).items():
+        if name in locked and locked[name] != version:
+            problems.append(f"{name}: lock {locked[name]}, constraints {version}")
+    # every requirement carries at least one sha256 (pip --require-hashes needs them all)
+    for block in re.split(r"\n(?=[A-Za-z0-9])", lock.split("\n", 2)[-1]):
+        if "==" in block and "--hash=sha256:" not in block:
+            problems.append(f"no hash: {block.splitlines()[0]}")
+    return problems
+
+
+def test_the_image_lock_matches_requirements_and_constraints() -> None:
+    """cicd/requirements.lock is `make image-lock` of today's requirements and constraints."""
+    read = (REPO / "cicd/requirements.lock").read_text
+    requirements = (REPO / "requirements.txt").read_text()
+    constraints = (REPO / "constraints.txt").read_text()
+    airflow = dict(
+        line.split("=", 1) for line in (REPO / "versions.env").read_text().splitlines()
+        if line and not line.startswith("#")
+    )["AIRFLOW_VERSION"]  # fmt: skip
+    assert lock_problems(read(), requirements, constraints, airflow) == []
+    assert len(pins(read())) > len(pins(requirements))  # the whole closure, not just ours
+    # and it notices a moved pin or a missing hash
+    moved = requirements.replace("py7zr==1.0.0", "py7zr==0.22.0")
+    assert lock_problems(read(), moved, constraints, airflow) == [
+        "py7zr: lock 1.0.0, wanted 0.22.0"
     ]
+    unhashed = re.sub(r"(py7zr==1\.0\.0) \\\n(\s+--hash=\S+( \\)?\n)+", r"\1\n", read())
+    assert lock_problems(unhashed, requirements, constraints, airflow) == ["no hash: py7zr==1.0.0"]
 
 
 def shellcheck(*paths: Path) -> subprocess.CompletedProcess[str]:

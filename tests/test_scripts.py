@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -18,16 +19,21 @@ import yaml
 from cryptography.fernet import Fernet
 
 from tests.script_sandbox import (
+    DB_PASSWORD,
+    METADATA_DB_URI,
     NEWEST_MAIN,
+    PRODUCTION,
     REGISTRY,
     REPO,
     VALUES,
     VERSIONS,
+    Result,
     Sandbox,
     commands,
     first,
     helm_install_args,
     set_values,
+    settings_file,
     values_files,
 )
 
@@ -37,6 +43,16 @@ pytestmark = pytest.mark.k8s
 @pytest.fixture
 def sandbox(tmp_path: Path) -> Sandbox:
     return Sandbox(tmp_path)
+
+
+def pin_digests(sandbox: Sandbox) -> None:
+    """What `make k8s-refresh-digests` writes (a registry build refuses to run without it)."""
+    digests = sandbox.repo / "cicd/image-digests.env"
+    digests.write_text(
+        digests.read_text().replace("AIRFLOW_BASE_DIGEST=\n", f"AIRFLOW_BASE_DIGEST={DIGEST}\n")
+    )
+    values = sandbox.repo / "chart/values.yaml"
+    values.write_text(values.read_text().replace('    digest: ""', f'    digest: "{DIGEST}"'))
 
 
 # --- install from ECR -----------------------------------------------------------------------
@@ -70,7 +86,16 @@ def test_fresh_ecr_install_runs_every_step_in_order(sandbox: Sandbox) -> None:
 
     args = helm_install_args(result)
     assert args[args.index("--version") + 1] == VERSIONS["AIRFLOW_CHART_VERSION"]
-    assert values_files(args) == ["values.yaml", "values-override-with-persistence.yaml"]
+    assert values_files(args) == [
+        "values.yaml", "values-override-with-persistence.yaml", "settings.yaml"
+    ]  # fmt: skip
+    # the repository's own chart, after the Airflow release, with the same values files
+    platform = helm_install_args(result, "platform")
+    assert platform[platform.index("--install") + 1] == "airflow-platform"
+    assert values_files(platform) == values_files(args)
+    assert first(result, "helm upgrade --install airflow airflow") < first(
+        result, "helm upgrade --install airflow-platform"
+    )
     assert "--reuse-values" not in args and "--wait" not in args
     assert set_values(args)["images.airflow.repository"] == f"{REGISTRY}/airflow-stackexchange"
     # the newest image built from main: not a newer branch or -dirty build, not the newest name
@@ -235,29 +260,80 @@ def test_docker_daemon_down_is_a_clear_error(sandbox: Sandbox) -> None:
 # --- dry run --------------------------------------------------------------------------------
 
 
+# What a dry run may run: the preflight's version/daemon checks and read-only queries.
+READ_ONLY = (
+    "version", "--version", "info", "get", "status", "config", "sts get-caller-identity",
+    "ecr describe-images", "ecr describe-repositories", "image inspect",
+)  # fmt: skip
+
+
+def read_only(command: str) -> bool:
+    words = command.split()[1:]
+    if words[:1] == ["--namespace"]:
+        words = words[2:]
+    return " ".join(words).startswith(READ_ONLY)
+
+
+def only_read_only(result: Result) -> bool:
+    return all(read_only(c) for c in commands(result))
+
+
 @pytest.mark.parametrize(
     ("script", "args", "expected"),
     [
         ("scripts/install-airflow-2-ecr.sh", (), "helm --kube-context kind-airflow upgrade"),
         ("scripts/install-airflow.sh", (), "kind create cluster --name airflow"),
-        ("scripts/upgrade-dags.sh", (), "docker build --file"),
-        ("scripts/check-airflow-status.sh", (), "curl -fsS"),
         ("cicd/build-and-push.sh", (), "docker push"),
     ],
 )
-def test_dry_run_prints_the_commands_and_runs_none(
+def test_dry_run_prints_the_commands_and_changes_nothing(
     sandbox: Sandbox, script: str, args: tuple[str, ...], expected: str
 ) -> None:
+    pin_digests(sandbox)
     before = sandbox.state_file.read_text()
     result = sandbox.run(script, "--dry-run", *args)
     assert result.code == 0, result.err
     assert f"+ {expected}" in result.err  # commands are shown on stderr, like set -x
-    # only the preflight's version/daemon checks ran; no query, no change
-    assert all(c.split()[1] in ("version", "--version", "info") for c in commands(result)), (
-        commands(result)
-    )
+    assert only_read_only(result), commands(result)
     assert sandbox.state_file.read_text() == before
     assert not (sandbox.repo / "logs").exists()
+
+
+def test_dry_run_after_an_install_prints_what_a_real_run_would_do(sandbox: Sandbox) -> None:
+    assert sandbox.run("scripts/install-airflow.sh").code == 0
+    before = sandbox.state_file.read_text()
+    dry = sandbox.run("scripts/install-airflow.sh", "--dry-run")
+    assert dry.code == 0, dry.err
+    assert only_read_only(dry), commands(dry)
+    assert sandbox.state_file.read_text() == before
+    real = sandbox.run("scripts/install-airflow.sh")
+    changed = [c for c in commands(real) if not read_only(c)]
+    shown = [line[2:] for line in dry.err.splitlines() if line.startswith("+ ")]
+    # the existing cluster and Secrets: neither run creates them; both say so
+    for step in ("kind create cluster", "create secret generic airflow-fernet-key"):
+        assert not any(step in line for line in shown), step
+        assert not any(step in c for c in changed), step
+    assert "Kind cluster 'airflow' exists: using it" in dry.out
+    assert "Secret airflow-fernet-key exists: kept" in dry.out
+    # every changing command of the real run was in the plan, in the same order (the image tag
+    # holds the time: compared without it)
+    plan = [line.replace("--context kind-airflow ", "").replace("--kube-context kind-airflow ", "")
+            for line in shown]  # fmt: skip
+
+    def words(command: str) -> list[str]:
+        return re.sub(r"\d{8}T\d{6}Z", "<time>", command).split()[:5]
+
+    positions = [
+        next(i for i, line in enumerate(plan) if words(line) == words(command))
+        for command in changed
+    ]
+    assert positions == sorted(positions), "\n".join(plan)
+
+    installed = sandbox.state_file.read_text()
+    upgrade = sandbox.run("scripts/upgrade-dags.sh", "--dry-run")
+    assert upgrade.code == 0, upgrade.err
+    assert "+ docker build --file" in upgrade.err and only_read_only(upgrade)
+    assert sandbox.state_file.read_text() == installed
 
 
 def test_dry_run_shows_the_whole_install_plan(sandbox: Sandbox) -> None:
@@ -360,7 +436,7 @@ def test_env_file_configures_the_scripts(sandbox: Sandbox) -> None:
     args = helm_install_args(result)
     assert args[args.index("--namespace") + 1] == "data-platform"
     # without the hostPath volume, task logs go to S3
-    assert values_files(args) == ["values.yaml", "values-remote-logging.yaml"]
+    assert values_files(args) == ["values.yaml", "values-remote-logging.yaml", "settings.yaml"]
     assert set_values(args)["config.logging.remote_base_log_folder"] == (
         "s3://logs-bucket/airflow/dev"
     )
@@ -490,6 +566,7 @@ def test_cleanup_with_yes_removes_everything_and_is_safe_to_repeat(sandbox: Sand
 
 
 def test_build_and_push_pushes_once_and_refuses_latest(sandbox: Sandbox) -> None:
+    pin_digests(sandbox)
     sandbox.state["ecr_repositories"] = []
     sandbox.save()
     pushed = sandbox.run("cicd/build-and-push.sh", "--tag", "0123abc")
@@ -557,7 +634,7 @@ def test_git_sync_over_ssh_stores_the_key_in_a_secret(sandbox: Sandbox) -> None:
     values = set_values(args)
     assert values["dags.gitSync.sshKeySecret"] == "airflow-git-ssh-key"
     assert "dags.gitSync.credentialsSecret" not in values
-    assert args[args.index("--set-file") + 1] == f"dags.gitSync.knownHosts={known_hosts}"
+    assert values["dags.gitSync.knownHosts"] == known_hosts.read_text()
     assert sandbox.secret("airflow-git-ssh-key") == {"gitSshKey": key.read_text()}
     assert "testing" not in result.out + result.err
 
@@ -566,7 +643,8 @@ def test_dags_from_the_host_add_the_overlay_and_volume(sandbox: Sandbox) -> None
     result = sandbox.run("scripts/install-airflow.sh", DAGS_FROM_HOST="true")
     assert result.code == 0, result.err
     assert values_files(helm_install_args(result)) == [
-        "values.yaml", "values-override-with-persistence.yaml", "values-dags-from-host.yaml"
+        "values.yaml", "values-override-with-persistence.yaml", "values-dags-from-host.yaml",
+        "settings.yaml",
     ]  # fmt: skip
     assert "airflow/PersistentVolumeClaim/airflow-dags-pvc" in sandbox.state["applied"]
     both = sandbox.run("scripts/install-airflow.sh", DAGS_FROM_HOST="true", GIT_SYNC_REPO="x")
@@ -622,6 +700,7 @@ def test_cleanup_dry_run_prints_the_plan_for_what_is_installed(sandbox: Sandbox)
 
 
 def test_ci_builds_are_tagged_with_where_they_came_from(sandbox: Sandbox) -> None:
+    pin_digests(sandbox)
     main = sandbox.run("cicd/build-and-push.sh", GITHUB_REF_NAME="main", GITHUB_REF_TYPE="branch")
     assert main.code == 0, main.err
     assert sandbox.state["ecr_images"][-1]["imageTags"][0].startswith("main-")
@@ -629,7 +708,22 @@ def test_ci_builds_are_tagged_with_where_they_came_from(sandbox: Sandbox) -> Non
     assert release.code == 0, release.err
     assert sandbox.state["ecr_images"][-1]["imageTags"] == ["v1.2.0"]
     build = sandbox.state["builds"][-1]
-    assert f"BASE_IMAGE=apache/airflow:{VERSIONS['AIRFLOW_VERSION']}-python3.11" in " ".join(build)
+    assert (
+        f"BASE_IMAGE=apache/airflow:{VERSIONS['AIRFLOW_VERSION']}-python3.11@{DIGEST}"
+        in " ".join(build)
+    )
+
+
+def test_a_registry_build_refuses_empty_image_pins(sandbox: Sandbox) -> None:
+    result = sandbox.run("cicd/build-and-push.sh", "--tag", "v1.0.1")
+    assert result.code == 1
+    assert "AIRFLOW_BASE_DIGEST in cicd/image-digests.env" in result.err
+    assert "postgresql.image.digest in chart/values.yaml" in result.err
+    assert "make k8s-refresh-digests" in result.err
+    assert result.calls == [] and sandbox.state["builds"] == []
+    # a local Kind build only warns
+    local = sandbox.run("scripts/install-airflow.sh")
+    assert local.code == 0 and "make k8s-refresh-digests" in local.err
 
 
 DIGEST = "sha256:" + "ab" * 32
@@ -671,3 +765,225 @@ def test_refresh_digests_pins_images_and_actions(sandbox: Sandbox) -> None:
     sandbox.save()
     gone = sandbox.run("scripts/refresh-digests.sh")
     assert gone.code == 1 and f"no digest for {airflow}" in gone.err
+
+
+# --- production profile and release pinning ------------------------------------------------------
+
+ENCODED_PASSWORD = METADATA_DB_URI.split(":")[2].split("@")[0]
+
+
+def secret_leaks(result: Result, sandbox: Sandbox) -> list[str]:
+    """Where the database URI or its password shows: output, argv, the generated values."""
+    found = []
+    for needle in (METADATA_DB_URI, DB_PASSWORD, ENCODED_PASSWORD):
+        if needle in result.out + result.err:
+            found.append(f"output: {needle}")
+        for call in result.calls:
+            if needle in " ".join(call["args"]):
+                found.append(f"argv of {call['tool']}: {needle}")
+            for kept in call.get("files", {}).values():
+                if needle in Path(kept["copy"]).read_text():
+                    found.append(f"values file: {needle}")
+    return found
+
+
+def test_production_without_a_database_fails_before_any_call(sandbox: Sandbox) -> None:
+    result = sandbox.run("scripts/install-airflow-2-ecr.sh", "--tag", "v1.0.0", **PRODUCTION)
+    assert result.code == 1
+    assert "PROFILE=production uses an external PostgreSQL" in result.err
+    assert "METADATA_DB_URI" in result.err and "METADATA_DB_SECRET" in result.err
+    assert result.calls == []  # no helm, no kubectl, not even a version check
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        (METADATA_DB_URI.replace("sslmode=require", "sslmode=disable"), "has sslmode=disable"),
+        (
+            METADATA_DB_URI.replace("sslmode=require", "sslmode=prefer"),
+            "has sslmode=prefer: TLS is required",
+        ),
+        (METADATA_DB_URI.split("?")[0], "has no sslmode"),
+        (METADATA_DB_URI.replace("postgresql://", "mysql://"), "is not postgresql://USER"),
+    ],
+)
+def test_production_refuses_a_database_uri_without_tls(
+    sandbox: Sandbox, uri: str, message: str
+) -> None:
+    result = sandbox.run(
+        "scripts/install-airflow-2-ecr.sh", "--tag", "v1.0.0", **PRODUCTION, METADATA_DB_URI=uri
+    )
+    assert result.code == 1
+    assert f"METADATA_DB_URI {message}" in result.err
+    assert result.calls == [] and ENCODED_PASSWORD not in result.out + result.err
+
+
+def test_production_dry_run_prints_the_production_plan(sandbox: Sandbox) -> None:
+    before = sandbox.state_file.read_text()
+    result = sandbox.run(
+        "scripts/install-airflow-2-ecr.sh", "--dry-run", "--tag", "v1.0.0",
+        **PRODUCTION, METADATA_DB_URI=METADATA_DB_URI, GIT_SYNC_REPO="https://example.com/d.git",
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    assert sandbox.state_file.read_text() == before and only_read_only(result)
+    plan = result.err
+    for step in (
+        "kubectl --context prod-cluster create namespace airflow",
+        "kubectl --context prod-cluster --namespace airflow create secret generic airflow-jwt",
+        "create secret generic airflow-metadata-db-external",  # applied: follows the URI
+        "create secret generic airflow-metadata-connection",
+        "create secret generic airflow-pgbouncer-config",
+        "create secret generic airflow-pgbouncer-stats",
+        "helm --kube-context prod-cluster upgrade --install airflow airflow",
+        "chart/values-production.yaml",
+        "helm --kube-context prod-cluster upgrade --install airflow-platform",
+    ):
+        assert step in plan, step
+    for kind_step in (
+        "kind ",
+        "docker pull",
+        "docker login",
+        "persistent-volume",
+        "postgresql-credentials",
+    ):
+        assert f"+ {kind_step}" not in plan and kind_step not in " ".join(commands(result))
+    # the generated values are shown: the release tag pins the image and the DAGs
+    assert 'tag: "v1.0.0"' in result.out and 'ref: "v1.0.0"' in result.out
+    assert 'name: "airflow.example.com"' in result.out
+    assert secret_leaks(result, sandbox) == []
+
+
+def test_production_install_from_a_database_uri(sandbox: Sandbox) -> None:
+    env = PRODUCTION | {"GIT_SYNC_REPO": "https://example.com/org/dags.git", "GIT_SYNC_REF": "main"}
+    result = sandbox.run(
+        "scripts/install-airflow-2-ecr.sh",
+        "--tag",
+        "v1.0.0",
+        **env,
+        METADATA_DB_URI=METADATA_DB_URI,
+    )
+    assert result.code == 0, result.err
+    assert not any(c.startswith(("kind", "docker")) for c in commands(result))
+    assert all(
+        c["args"][:2] in (["--context", "prod-cluster"], ["--kube-context", "prod-cluster"])
+        for c in result.calls if c["tool"] in ("kubectl", "helm") and "version" not in c["args"]
+        and c["args"][:1] != ["config"]
+    )  # fmt: skip
+    # the external URI kept as given; Airflow goes through PgBouncer, PgBouncer to the database
+    # over TLS with the decoded password
+    assert sandbox.secret("airflow-metadata-db-external") == {"connection": METADATA_DB_URI}
+    assert sandbox.secret("airflow-metadata-connection")["connection"] == (
+        f"postgresql://airflow_user:{ENCODED_PASSWORD}@airflow-pgbouncer.airflow:6543"
+        "/airflow-metadata?sslmode=disable"
+    )
+    pgbouncer = sandbox.secret("airflow-pgbouncer-config")
+    ini = pgbouncer["pgbouncer.ini"]
+    assert (
+        "airflow-metadata = host=db.example.internal dbname=airflow_meta port=5433 pool_size=20"
+        in ini.splitlines()
+    )
+    assert "server_tls_sslmode = require" in ini.splitlines()
+    assert "listen_port = 6543" in ini.splitlines()
+    assert pgbouncer["users.txt"] == '"airflow_user" "pa:ss@w""rd"'
+    assert sandbox.secret("airflow-pgbouncer-stats")["connection"].startswith(
+        f"postgresql://airflow_user:{ENCODED_PASSWORD}@127.0.0.1:6543/pgbouncer"
+    )
+    assert "airflow/airflow-postgresql-credentials" not in sandbox.state["secrets"]
+    assert secret_leaks(result, sandbox) == []
+    # one tag pins the image and the synced DAGs; the profile's overlay after the base values
+    args = helm_install_args(result)
+    values = set_values(args)
+    assert values["images.airflow.repository"] == f"{REGISTRY}/airflow-stackexchange"
+    assert values["images.airflow.tag"] == values["dags.gitSync.ref"] == "v1.0.0"
+    assert "git-sync ref: v1.0.0" in result.out
+    assert values_files(args) == [
+        "values.yaml", "values-remote-logging.yaml", "values-production.yaml", "settings.yaml"
+    ]  # fmt: skip
+    assert values["ingress.apiServer.hosts[0].name"] == "airflow.example.com"
+    assert values["platform.externalDatabase.cidr"] == "10.0.32.0/20"
+    assert values["platform.externalDatabase.port"] == "5433"
+    kept = next(c["files"] for c in result.calls if c["tool"] == "helm" and c.get("files"))
+    assert {k["mode"] for p, k in kept.items() if p.endswith("settings.yaml")} == {"0o600"}
+    assert not list(Path(settings_file(args)).parent.parent.glob("tmp.*"))
+    assert values_files(helm_install_args(result, "platform")) == values_files(args)
+    assert sandbox.state["platform_releases"]["airflow"]["revision"] == 1
+    assert "https://airflow.example.com" in result.out
+
+    # later runs name the stored Secret instead of the URI; rollback = the previous tag
+    again = sandbox.run(
+        "scripts/install-airflow-2-ecr.sh", "--tag", "main-20250301T000000Z-zzzzzzzzzzzz",
+        **env, METADATA_DB_SECRET="airflow-metadata-db-external",
+    )  # fmt: skip
+    assert again.code == 0, again.err
+    assert sandbox.secret("airflow-pgbouncer-config") == pgbouncer
+    assert set_values(helm_install_args(again))["dags.gitSync.ref"] == (
+        "main-20250301T000000Z-zzzzzzzzzzzz"
+    )
+    assert secret_leaks(again, sandbox) == []
+    assert sandbox.state["releases"]["airflow"]["revision"] == 2
+
+
+def test_production_needs_a_release_tag_and_an_existing_secret(sandbox: Sandbox) -> None:
+    env = PRODUCTION | {"METADATA_DB_URI": METADATA_DB_URI}
+    untagged = sandbox.run("scripts/install-airflow-2-ecr.sh", **env)
+    assert untagged.code == 1 and "name its tag with --tag" in untagged.err
+    missing = sandbox.run(
+        "scripts/install-airflow-2-ecr.sh", "--tag", "v1.0.0",
+        **PRODUCTION, METADATA_DB_SECRET="nope",
+    )  # fmt: skip
+    assert missing.code == 1 and "Secret 'nope' with key 'connection' not found" in missing.err
+    assert sandbox.state["releases"] == {} and sandbox.state["namespaces"] == ["default"]
+    no_context = sandbox.run(
+        "scripts/install-airflow-2-ecr.sh", "--tag", "v1.0.0", **env | {"KUBE_CONTEXT": "other"}
+    )
+    assert no_context.code == 1 and "context 'other' (KUBE_CONTEXT) not found" in no_context.err
+    for script in (
+        "scripts/install-airflow.sh",
+        "scripts/upgrade-dags.sh",
+        "scripts/complete-cleanup.sh",
+    ):
+        refused = sandbox.run(script, **env)
+        assert refused.code == 1 and "PROFILE=production" in refused.err, script
+        assert refused.calls == [], script
+
+
+def test_evil_settings_stay_literal_strings(sandbox: Sandbox) -> None:
+    evil = 'raw/se,images.airflow.tag=evil\n  tag: "x" # {{ .Values }}'
+    result = sandbox.run(
+        "scripts/install-airflow.sh", STACKEXCHANGE_PREFIX=evil, DATABRICKS_JOB_ID="1}\t'\x01"
+    )
+    assert result.code == 0, result.err
+    args = helm_install_args(result)
+    values = yaml.safe_load(settings_file(args).read_text())
+    assert values["env"] == [
+        {"name": "STACKEXCHANGE_PREFIX", "value": evil},
+        {"name": "DATABRICKS_JOB_ID", "value": "1}\t'\x01"},
+    ]
+    assert values["images"]["airflow"]["tag"].startswith("local-")
+    assert not any(a.startswith("--set") for a in args)
+
+
+def test_upgrade_dags_ref_moves_git_sync_without_a_build(sandbox: Sandbox) -> None:
+    git = {"GIT_SYNC_REPO": "https://example.com/org/dags.git"}
+    assert sandbox.run("scripts/install-airflow.sh", "--ref", "v1.0.0", **git).code == 0
+    image = sandbox.state["releases"]["airflow"]["image"]
+    builds = len(sandbox.state["builds"])
+    moved = sandbox.run("scripts/upgrade-dags.sh", "--ref", "v1.1.0", **git)
+    assert moved.code == 0, moved.err
+    assert "git-sync moves to v1.1.0" in moved.out
+    values = set_values(helm_install_args(moved))
+    assert values["dags.gitSync.ref"] == "v1.1.0"
+    assert f"{values['images.airflow.repository']}:{values['images.airflow.tag']}" == image
+    assert len(sandbox.state["builds"]) == builds
+    bad = sandbox.run("scripts/upgrade-dags.sh", "--ref", "--oops", **git)
+    assert bad.code == 1 and "--ref must be a git tag, commit or branch" in bad.err
+
+
+def test_production_status_checks_the_ingress_host(sandbox: Sandbox) -> None:
+    env = PRODUCTION | {"METADATA_DB_URI": METADATA_DB_URI}
+    assert sandbox.run("scripts/install-airflow-2-ecr.sh", "--tag", "v1.0.0", **env).code == 0
+    result = sandbox.run("scripts/check-airflow-status.sh", "--dry-run", **PRODUCTION)
+    assert (
+        "+ curl -fsS --max-time 10 https://airflow.example.com/api/v2/monitor/health" in result.err
+    )
+    assert not any(c.startswith("kind") for c in commands(result))
