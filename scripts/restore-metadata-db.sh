@@ -29,10 +29,10 @@ EOF_USAGE
 
 # Tables, views, sequences... outside the system schemas; a number.
 user_relations() {
-    query psql --no-password --no-psqlrc --quiet --tuples-only --no-align --command \
-        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
-           AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'"
+    local sql="SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+    sql+=" WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')"
+    sql+=" AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'"
+    query psql --no-password --no-psqlrc --quiet --tuples-only --no-align --command "$sql"
 }
 
 main() {
