@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -372,3 +373,41 @@ def test_an_existing_backup_file_is_never_overwritten(tools: Tools, tmp_path: Pa
                         METADATA_DB_URI="postgresql://u@db/airflow")  # fmt: skip
     assert result.returncode != 0 and "never overwrites" in result.stderr
     assert dump.read_bytes() == b"keep me"
+
+
+def test_the_cronjobs_dump_command_backs_up_the_database(
+    server: Server, source_db: str, tools: Tools, tmp_path: Path
+) -> None:
+    """The scheduled backup's dump container, as chart/platform renders it, run here: its
+    command and the ConfigMap's script, with the pod's mount paths moved into tmp_path."""
+    from tests.test_metrics import render
+
+    docs = render("--set", "backup.enabled=true", "--set", "backup.s3Prefix=s3://b/airflow/")
+    (cron,) = [d for d in docs if d["kind"] == "CronJob"]
+    (scripts_map,) = [d for d in docs if "pg-uri-env.sh" in d.get("data", {})]
+    container = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["initContainers"][0]
+    mounts = {m["mountPath"]: tmp_path / "pod" / m["name"] for m in container["volumeMounts"]}
+    for path in mounts.values():
+        path.mkdir(parents=True)
+    (mounts["/scripts"] / "pg-uri-env.sh").write_text(scripts_map["data"]["pg-uri-env.sh"])
+    paths = "|".join(map(re.escape, mounts))
+    script = re.sub(
+        rf"(?<![\w/])({paths})(?=[/\s])", lambda m: str(mounts[m[1]]), container["args"][0]
+    )
+    dumped = subprocess.run(
+        [*container["command"], script],
+        env={**tools.env(), "METADATA_DB_URI": server.uri(source_db)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert dumped.returncode == 0, dumped.stderr
+    assert "Dump checked" in dumped.stdout
+    assert PASSWORD not in dumped.stdout + dumped.stderr
+
+    target = server.new_database("airflow_from_cronjob")
+    restore = run_script(tools, "restore-metadata-db.sh", "--from",
+                         str(mounts["/backup"] / "metadata.dump"),
+                         METADATA_DB_URI=server.uri(target))  # fmt: skip
+    assert restore.returncode == 0, restore.stderr
+    assert server.rows(target) == server.rows(source_db)

@@ -504,6 +504,7 @@ def kinds(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {doc["kind"]: doc for doc in docs}
 
 
+@pytest.mark.k8s
 def test_without_the_operator_only_the_dashboard_is_rendered() -> None:
     docs = render()
     assert [d["kind"] for d in docs] == ["ConfigMap"]
@@ -515,6 +516,7 @@ def test_without_the_operator_only_the_dashboard_is_rendered() -> None:
     )
 
 
+@pytest.mark.k8s
 def test_with_the_operator_a_servicemonitor_and_the_alerts() -> None:
     docs = kinds(render("--api-versions", MONITORING_API, "--set", "metrics.maxPairAgeHours=12"))
     assert set(docs) == {"ConfigMap", "ServiceMonitor", "PrometheusRule"}
@@ -542,6 +544,7 @@ def test_with_the_operator_a_servicemonitor_and_the_alerts() -> None:
     )
 
 
+@pytest.mark.k8s
 def test_a_bad_max_pair_age_is_refused() -> None:
     result = render("--api-versions", MONITORING_API, "--set", "metrics.maxPairAgeHours=0",
                     check=False)  # fmt: skip
@@ -563,6 +566,7 @@ def official_chart() -> Path:
     pytest.fail(f"the Airflow chart {version} is needed: set AIRFLOW_CHART_DIR")
 
 
+@pytest.mark.k8s
 def test_the_official_chart_takes_the_mapping_and_admits_prometheus() -> None:
     docs = render("--values", str(REPO / "chart" / "values.yaml"), "--values",
                   str(VALUES_METRICS), chart=official_chart())  # fmt: skip
@@ -586,6 +590,7 @@ def test_the_official_chart_takes_the_mapping_and_admits_prometheus() -> None:
 BACKUP = ("--set", "backup.enabled=true", "--set", "backup.s3Prefix=s3://backups/airflow/")
 
 
+@pytest.mark.k8s
 def test_backup_cronjob_is_valid_and_pod_security_restricted() -> None:
     docs = render(*BACKUP)
     for doc in docs:
@@ -627,6 +632,7 @@ def test_backup_cronjob_is_valid_and_pod_security_restricted() -> None:
     assert scripts == (PLATFORM / "files" / "pg-uri-env.sh").read_text().rstrip("\n")
 
 
+@pytest.mark.k8s
 def test_backup_images_are_pulled_by_digest_once_set() -> None:
     digest = "sha256:" + "a" * 64
     pod = kinds(render(*BACKUP, "--set", f"backup.image.digest={digest}"))["CronJob"]
@@ -634,6 +640,7 @@ def test_backup_images_are_pulled_by_digest_once_set() -> None:
     assert image.endswith(f":17.5-bookworm@{digest}")
 
 
+@pytest.mark.k8s
 @pytest.mark.parametrize(
     ("args", "message"),
     [
