@@ -185,6 +185,10 @@ AIRFLOW_SAMPLES = [
     ("dag_processing.total_parse_time", "airflow_dag_processing_total_parse_time_seconds", {}),
     ("dag_processing.last_duration.produce_data_asset",
      "airflow_dag_processing_last_duration_seconds", {"dag_file": "produce_data_asset"}),
+    ("dag_processing.last_run.seconds_ago.produce_data_asset",
+     "airflow_dag_processing_last_run_seconds_ago", {"dag_file": "produce_data_asset"}),
+    ("dagrun.dependency-check.produce_data_asset", "airflow_dagrun_dependency_check_seconds",
+     {"dag_id": "produce_data_asset"}),
     ("asset.updates", "airflow_asset_updates", {}),
     ("asset.triggered_dagruns", "airflow_asset_triggered_dagruns", {}),
 ]  # fmt: skip
