@@ -872,6 +872,12 @@ settings_yaml() {
     printf '  dbClean:\n    schedule: %s\n    retentionDays: %s\n' \
         "$(yaml_str "$DB_CLEAN_SCHEDULE")" "$DB_CLEAN_RETENTION_DAYS"
     printf '  externalDatabase:\n    cidr: %s\n    port: %s\n' "$(yaml_str "$METADATA_DB_CIDR")" "$DB_PORT"
+    # The scheduled metadata backup (chart/platform backup-cronjob.yaml) when a target is set.
+    if [ -n "${BACKUP_S3_PREFIX:-}" ]; then
+        printf 'backup:\n  enabled: true\n  s3Prefix: %s\n' "$(yaml_str "$BACKUP_S3_PREFIX")"
+        printf '  databaseSecret:\n    name: %s\n    key: connection\n' \
+            "$(yaml_str "${METADATA_DB_SECRET:-$SECRET_EXTERNAL_DB}")"
+    fi
     printf 'ingress:\n  apiServer:\n    enabled: true\n    ingressClassName: %s\n' "$(yaml_str "$INGRESS_CLASS")"
     printf '    hosts:\n      - name: %s\n' "$(yaml_str "$INGRESS_HOST")"
     if [ -n "$INGRESS_TLS_SECRET" ]; then
@@ -885,10 +891,11 @@ settings_yaml() {
     printf '      ports:\n        - port: "{{ .Values.ports.apiServer }}"\n'
 }
 
-# The values files, in order: base, logs (hostPath volume or S3), Kind's DAGs mount, the
-# production profile, the generated settings. One list for both releases and every script.
+# The values files, in order: base, metrics (statsd mapping), logs (hostPath volume or S3),
+# Kind's DAGs mount, the production profile, the generated settings. One list for both releases
+# and every script.
 values_args() {
-    VALUES_ARGS=(--values "$REPO_ROOT/chart/values.yaml")
+    VALUES_ARGS=(--values "$REPO_ROOT/chart/values.yaml" --values "$REPO_ROOT/chart/values-metrics.yaml")
     if [ "$PERSISTENCE" = true ]; then
         VALUES_ARGS+=(--values "$REPO_ROOT/chart/values-override-with-persistence.yaml")
     else

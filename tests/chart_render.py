@@ -62,7 +62,11 @@ SCENARIOS: dict[str, dict[str, str]] = {
     "evil": {"STACKEXCHANGE_PREFIX": "raw/se,images.airflow.tag=evil"},
     # PROFILE=production from a release tag, DAGs from git at that tag (README "Production")
     "production": PRODUCTION
-    | {"METADATA_DB_URI": METADATA_DB_URI, "GIT_SYNC_REPO": "https://example.com/org/dags.git"},
+    | {
+        "METADATA_DB_URI": METADATA_DB_URI,
+        "GIT_SYNC_REPO": "https://example.com/org/dags.git",
+        "BACKUP_S3_PREFIX": "s3://backups/airflow/",
+    },
 }
 # The install command of a scenario (default: scripts/install-airflow.sh).
 COMMANDS = {"production": ("scripts/install-airflow-2-ecr.sh", "--tag", "v1.0.0")}

@@ -187,7 +187,8 @@ def test_network_policies(production: Docs) -> None:
 
 def test_db_clean_runs_like_every_airflow_pod(production: Docs) -> None:
     jobs = cronjob_pods(production)
-    assert set(jobs) == {"airflow-cleanup", "airflow-db-clean"}  # the chart's task-pod clean-up
+    # the chart's task-pod clean-up, db clean, the metadata backup (BACKUP_S3_PREFIX)
+    assert set(jobs) == {"airflow-cleanup", "airflow-db-clean", "airflow-platform-metadata-backup"}
     for name, pod in jobs.items():
         assert restricted_violations(pod) == [], name
     (cron,) = [c for c in of_kind(production, "CronJob")
@@ -306,3 +307,14 @@ def test_the_admin_password_reaches_the_user_creation_on_stdin_only(
     assert seen["password"] == password
     assert not any(password in arg for arg in seen["argv"])
     assert seen["argv"][1:3] == ["users", "create"]
+
+
+def test_the_metadata_backup_runs_nightly_from_the_external_database(production: Docs) -> None:
+    (backup,) = [c for c in of_kind(production, "CronJob") if "backup" in c["metadata"]["name"]]
+    pod = backup["spec"]["jobTemplate"]["spec"]["template"]
+    assert restricted_violations(pod) == []
+    env = [e for c in pod["spec"]["initContainers"] + pod["spec"]["containers"]
+           for e in c.get("env", [])]  # fmt: skip
+    refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in env if "valueFrom" in e}
+    assert "airflow-metadata-db-external" in refs  # the database itself, not PgBouncer
+    assert "s3://backups/airflow/" in yaml.safe_dump(backup)

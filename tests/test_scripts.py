@@ -87,7 +87,8 @@ def test_fresh_ecr_install_runs_every_step_in_order(sandbox: Sandbox) -> None:
     args = helm_install_args(result)
     assert args[args.index("--version") + 1] == VERSIONS["AIRFLOW_CHART_VERSION"]
     assert values_files(args) == [
-        "values.yaml", "values-override-with-persistence.yaml", "settings.yaml"
+        "values.yaml", "values-metrics.yaml", "values-override-with-persistence.yaml",
+        "settings.yaml",
     ]  # fmt: skip
     # the repository's own chart, after the Airflow release, with the same values files
     platform = helm_install_args(result, "platform")
@@ -436,7 +437,12 @@ def test_env_file_configures_the_scripts(sandbox: Sandbox) -> None:
     args = helm_install_args(result)
     assert args[args.index("--namespace") + 1] == "data-platform"
     # without the hostPath volume, task logs go to S3
-    assert values_files(args) == ["values.yaml", "values-remote-logging.yaml", "settings.yaml"]
+    assert values_files(args) == [
+        "values.yaml",
+        "values-metrics.yaml",
+        "values-remote-logging.yaml",
+        "settings.yaml",
+    ]
     assert set_values(args)["config.logging.remote_base_log_folder"] == (
         "s3://logs-bucket/airflow/dev"
     )
@@ -643,8 +649,8 @@ def test_dags_from_the_host_add_the_overlay_and_volume(sandbox: Sandbox) -> None
     result = sandbox.run("scripts/install-airflow.sh", DAGS_FROM_HOST="true")
     assert result.code == 0, result.err
     assert values_files(helm_install_args(result)) == [
-        "values.yaml", "values-override-with-persistence.yaml", "values-dags-from-host.yaml",
-        "settings.yaml",
+        "values.yaml", "values-metrics.yaml", "values-override-with-persistence.yaml",
+        "values-dags-from-host.yaml", "settings.yaml",
     ]  # fmt: skip
     assert "airflow/PersistentVolumeClaim/airflow-dags-pvc" in sandbox.state["applied"]
     both = sandbox.run("scripts/install-airflow.sh", DAGS_FROM_HOST="true", GIT_SYNC_REPO="x")
@@ -897,7 +903,8 @@ def test_production_install_from_a_database_uri(sandbox: Sandbox) -> None:
     assert values["images.airflow.tag"] == values["dags.gitSync.ref"] == "v1.0.0"
     assert "git-sync ref: v1.0.0" in result.out
     assert values_files(args) == [
-        "values.yaml", "values-remote-logging.yaml", "values-production.yaml", "settings.yaml"
+        "values.yaml", "values-metrics.yaml", "values-remote-logging.yaml",
+        "values-production.yaml", "settings.yaml",
     ]  # fmt: skip
     assert values["ingress.apiServer.hosts[0].name"] == "airflow.example.com"
     assert values["platform.externalDatabase.cidr"] == "10.0.32.0/20"

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from stackexchange import archive, publish, s3, source, url_policy
+from stackexchange import archive, metrics, publish, s3, source, url_policy
 from stackexchange.assets import BUCKET, PREFIX
 from stackexchange.download import open_archive
 from stackexchange.dump_xml import DumpXmlError, ValidatedFile, ValidatingStream
@@ -217,7 +217,10 @@ def _stage(
             "decompressed": decompressed,
             "uploaded": uploaded,
         }
-        with Reporter(f"ingest of {found.site}", counters, policy.progress_seconds):
+        figures = metrics.IngestFigures(found.site)
+        with Reporter(
+            f"ingest of {found.site}", counters, policy.progress_seconds, figures.progress
+        ):
             for (remote, members), fileobj in zip(archives, files, strict=True):
                 seven_zip, declared = archive.open_members(fileobj, remote.name, members, limits)
                 decompressed.total = (decompressed.total or 0) + sum(
@@ -276,4 +279,5 @@ def ingest(site: str, source_base_url: str, aws_conn_id: str, ingest_id: str) ->
         raise
     with s3.explained(aws_conn_id, BUCKET, "publishing the pair"):
         manifest = publish.commit(client, KEYS, site, ingest_id, staged)
+    metrics.published(manifest)
     return [extra(site, ingest_id, manifest.objects[member]) for member in source.MEMBERS]

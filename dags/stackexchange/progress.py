@@ -1,7 +1,8 @@
 """Progress of the ingest in the task log: bytes downloaded, decompressed and uploaded, rates, ETA.
 
 The pipeline's stages bump their :class:`Counter`; :class:`Reporter` logs all of them from its own
-thread every ``interval`` seconds (at most 30), and once more at the end.
+thread every ``interval`` seconds (at most 30), and once more at the end; ``on_report`` (the
+ingest's metrics) gets the same figures each time.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Mapping
 
 from stackexchange.source import human_bytes
 
@@ -26,8 +28,15 @@ class Counter:
 class Reporter:
     """Use as a context manager around the work; ``counters`` maps a stage name to its counter."""
 
-    def __init__(self, what: str, counters: dict[str, Counter], interval: float) -> None:
+    def __init__(
+        self,
+        what: str,
+        counters: dict[str, Counter],
+        interval: float,
+        on_report: Callable[[Mapping[str, int], float], None] | None = None,
+    ) -> None:
         self.what, self.counters, self.interval = what, counters, interval
+        self.on_report = on_report
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
         self.started = time.monotonic()
@@ -61,3 +70,5 @@ class Reporter:
         slowest = min(fractions, default=0.0)
         eta = f"ETA {elapsed * (1 - slowest) / slowest:.0f}s" if 0 < slowest < 1 else ""
         log.info("%s: %s%s", self.what, "; ".join(parts), f"; {eta}" if eta else "")
+        if self.on_report is not None:
+            self.on_report({stage: c.done for stage, c in self.counters.items()}, elapsed)
