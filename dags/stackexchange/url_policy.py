@@ -496,6 +496,9 @@ def guarded_session() -> requests.Session:
     policy's message rather than requests' "no connection adapter".
     """
     session = requests.Session()
+    # Bodies as they are: a compressed one could expand without bound before any size check
+    # (responses that are compressed anyway are refused by ``source.check_status``).
+    session.headers["Accept-Encoding"] = "identity"
     adapter = _GuardedAdapter()
     for prefix in ("https://", "http://", ""):
         session.mount(prefix, adapter)
