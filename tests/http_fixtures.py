@@ -2,8 +2,9 @@
 
 ``DumpServer`` serves a directory like archive.org does: HEAD/GET with Content-Length, ETag,
 Last-Modified, ``Range``/``If-Range``, and faults on demand (5xx n times, a connection dropped
-mid-body, a 302 redirect, Range ignored, a Content-Encoding, a malformed Content-Length). ``S3FaultProxy`` sits in front of an S3 server and
-denies chosen requests, to make one upload fail for real.
+mid-body, a 302 redirect, Range ignored, a Content-Encoding, a malformed Content-Length).
+``S3FaultProxy`` sits in front of an S3 server and denies chosen requests, to make one upload
+fail for real.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ class Faults:
 
     fail_times: int = 0  # answer this many requests (HEAD or GET) with ``fail_status``
     fail_status: int = 503
-    drop_times: int = 0  # on this many GETs, close the connection after ``drop_after`` bytes
+    drop_times: int = 0  # on this many GETs longer than ``drop_after`` bytes, close the
+    # connection after ``drop_after`` bytes
     drop_after: int = 0
     ignore_range: bool = False  # answer Range requests with the whole file (200)
     redirect: bool = False  # answer /NAME with 302 to /storage/NAME, as archive.org does
@@ -169,7 +171,7 @@ class DumpServer(_LocalServer):
                 if not body:
                     return
                 limit = end - start
-                if server.take("drop_times"):
+                if limit > server.faults.drop_after and server.take("drop_times"):
                     limit = min(limit, server.faults.drop_after)
                     self.close_connection = True  # short body, then the connection drops
                 rate = server.faults.bytes_per_second
