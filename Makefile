@@ -59,7 +59,7 @@ fmt: setup ## Format and auto-fix with ruff
 	$(BIN)/ruff check --fix .
 
 bench: setup java ## Print performance figures (ingest, Databricks job, local stack); see benchmarks/
-	$(BIN)/python -m benchmarks.ingest
+	$(BIN)/python -m benchmarks.ingest --scale 4
 	$(BIN)/python -m benchmarks.databricks_job
 	$(BIN)/python -m benchmarks.local_stack
 

@@ -10,8 +10,10 @@ into S3 as two Assets, `stackexchange_raw_posts` and `stackexchange_raw_users`, 
    what a dead run left in S3; read the pair's manifest. If the published pair is this source
    version, unchanged since, written by a run whose `ingest` succeeded, the run stops here: no
    download, no asset event. `force` ingests anyway.
-2. **ingest**: one streaming pipeline: download (HTTP Range resume) → py7zr → XML validation,
-   sha256 and row count → S3 multipart upload parts, stages overlapped; no XML on local disk.
+2. **ingest**: one forward-only streaming pipeline: download (7z headers by HTTP Range, then the
+   archive once, resumed by Range) → the standard library's decoders (each member's CRC32) → XML
+   validation, sha256 and row count → S3 multipart upload parts, stages overlapped; neither the
+   archive nor the XML touches the local disk.
    Only when both files validated and every checksum matched is the pair published (the
    previous pair stays whole until then), then one asset event per file, with its ETag.
 

@@ -2,8 +2,9 @@
 
 ``DumpServer`` serves a directory like archive.org does: HEAD/GET with Content-Length, ETag,
 Last-Modified, ``Range``/``If-Range``, and faults on demand (5xx n times, a connection dropped
-mid-body, a 302 redirect, Range ignored). ``S3FaultProxy`` sits in front of an S3 server and
-denies chosen requests, to make one upload fail for real.
+mid-body, a 302 redirect, Range ignored, a Content-Encoding, a malformed Content-Length).
+``S3FaultProxy`` sits in front of an S3 server and denies chosen requests, to make one upload
+fail for real.
 """
 
 from __future__ import annotations
@@ -31,11 +32,14 @@ class Faults:
 
     fail_times: int = 0  # answer this many requests (HEAD or GET) with ``fail_status``
     fail_status: int = 503
-    drop_times: int = 0  # on this many GETs, close the connection after ``drop_after`` bytes
+    drop_times: int = 0  # on this many GETs longer than ``drop_after`` bytes, close the
+    # connection after ``drop_after`` bytes
     drop_after: int = 0
     ignore_range: bool = False  # answer Range requests with the whole file (200)
     redirect: bool = False  # answer /NAME with 302 to /storage/NAME, as archive.org does
     bytes_per_second: float = 0  # throttle every body to this rate (0: as fast as possible)
+    content_encoding: str = ""  # send this Content-Encoding (the body stays as it is)
+    head_content_length: str = ""  # answer HEAD with this Content-Length instead of the size
 
 
 @dataclass
@@ -152,7 +156,12 @@ class DumpServer(_LocalServer):
                         self._plain(416, headers={"Content-Range": f"bytes */{size}"})
                         return
                 self.send_response(status)
-                self.send_header("Content-Length", str(end - start))
+                length = str(end - start)
+                if not body and server.faults.head_content_length:
+                    length = server.faults.head_content_length
+                self.send_header("Content-Length", length)
+                if server.faults.content_encoding:
+                    self.send_header("Content-Encoding", server.faults.content_encoding)
                 self.send_header("ETag", etag)
                 self.send_header("Last-Modified", formatdate(stat.st_mtime, usegmt=True))
                 self.send_header("Accept-Ranges", "bytes")
@@ -162,7 +171,7 @@ class DumpServer(_LocalServer):
                 if not body:
                     return
                 limit = end - start
-                if server.take("drop_times"):
+                if limit > server.faults.drop_after and server.take("drop_times"):
                     limit = min(limit, server.faults.drop_after)
                     self.close_connection = True  # short body, then the connection drops
                 rate = server.faults.bytes_per_second

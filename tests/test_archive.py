@@ -1,20 +1,24 @@
-"""Opening and streaming dump archives: generated in the real format, and corrupt, foreign and
-bomb-like variants built with py7zr."""
+"""Opening and streaming dump archives: generated in the real format, and corrupt, foreign,
+forged and bomb-like variants built with py7zr or by hand; every coder py7zr writes."""
 
 from __future__ import annotations
 
+import struct
+import tracemalloc
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import py7zr
 import pytest
 
 from local.sample_dump import BOM, CRLF, HEADER, pack_7z, write_site
-from stackexchange import archive
+from stackexchange import archive, sevenzip
+from stackexchange.download import LocalArchiveBytes
 from stackexchange.settings import Limits
 
 MEMBERS = ["Posts.xml", "Users.xml"]
+REPO = Path(__file__).resolve().parents[1]
 
 
 class Collected:
@@ -44,25 +48,165 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return write_site(tmp_path_factory.mktemp("site"), posts=300, users=40)
 
 
+def local(path: Path) -> LocalArchiveBytes:
+    return LocalArchiveBytes(path, None, chunk_bytes=7001)  # chunks unaligned with anything
+
+
 def extract(path: Path, limits: Limits | None = None) -> tuple[dict, dict[str, bytes]]:
     """``open_members`` then ``stream`` Posts.xml and Users.xml: declared members, contents."""
-    with path.open("rb") as fileobj:
-        seven_zip, members = archive.open_members(fileobj, path.name, MEMBERS, limits or Limits())
+    with local(path) as archive_bytes:
+        opened, members = archive.open_members(
+            archive_bytes, path.name, MEMBERS, limits or Limits()
+        )
         writers, _ = collectors(members)
-        with seven_zip:
-            archive.stream(seven_zip, path.name, writers)
+        archive.stream(archive_bytes, opened, writers)
     return members, {name: bytes(writer.data) for name, writer in writers.items()}
 
 
 def test_each_writer_is_closed_when_its_member_is_complete(site: list[Path], tmp_path: Path):
     """Posts.xml's writer is closed (its CRC checked) before Users.xml's first byte arrives."""
     path = pack_7z(site, tmp_path / "site.7z")
-    with path.open("rb") as fileobj:
-        seven_zip, members = archive.open_members(fileobj, path.name, MEMBERS, Limits())
+    with local(path) as archive_bytes:
+        opened, members = archive.open_members(archive_bytes, path.name, MEMBERS, Limits())
         writers, events = collectors(members)
-        with seven_zip:
-            archive.stream(seven_zip, path.name, writers)
+        archive.stream(archive_bytes, opened, writers)
     assert events == ["write Posts.xml", "close Posts.xml", "write Users.xml", "close Users.xml"]
+
+
+def test_real_dumps_stream_like_py7zr_extracts_them(tmp_path: Path) -> None:
+    """The three real dumps in ../shared: the same members, byte for byte, as py7zr's."""
+    dumps = sorted((REPO.parent / "shared" / "stackexchange-dumps").glob("*.7z"))
+    if not dumps:
+        pytest.skip("the real dumps are not on this machine")
+    for dump in dumps:
+        with py7zr.SevenZipFile(dump) as z:
+            z.extract(tmp_path / dump.stem, targets=MEMBERS)
+        _, contents = extract(dump)
+        for name in MEMBERS:
+            assert contents[name] == (tmp_path / dump.stem / name).read_bytes(), dump.name
+
+
+CODERS = {
+    "lzma2": [{"id": py7zr.FILTER_LZMA2, "preset": 1}],
+    "lzma": [{"id": py7zr.FILTER_LZMA}],
+    "bcj-x86+lzma2": [{"id": py7zr.FILTER_X86}, {"id": py7zr.FILTER_LZMA2, "preset": 1}],
+    "arm+lzma2": [{"id": py7zr.FILTER_ARM}, {"id": py7zr.FILTER_LZMA2, "preset": 1}],
+    "delta+lzma": [{"id": py7zr.FILTER_DELTA, "dist": 4}, {"id": py7zr.FILTER_LZMA}],
+    "bzip2": [{"id": py7zr.FILTER_BZIP2}],
+    "deflate": [{"id": py7zr.FILTER_DEFLATE}],
+    "copy": [{"id": py7zr.FILTER_COPY}],
+}
+
+
+@pytest.mark.parametrize("coders", CODERS.values(), ids=CODERS.keys())
+def test_every_coder_the_standard_library_has_decodes(
+    site: list[Path], tmp_path: Path, coders: list[dict]
+) -> None:
+    """Also: an empty file and a directory ahead of the members, which have no stream."""
+    empty = tmp_path / "Empty.xml"
+    empty.write_bytes(b"")
+    path = tmp_path / "site.7z"
+    with py7zr.SevenZipFile(path, "w", filters=coders) as z:
+        z.writestr(b"", "a-directory/")
+        z.write(empty, arcname="Empty.xml")
+        for file in sorted(site):
+            z.write(file, arcname=file.name)
+    members, contents = extract(path)
+    for name in MEMBERS:
+        original = next(p for p in site if p.name == name).read_bytes()
+        assert contents[name] == original
+        assert members[name].crc32 == zlib.crc32(original)
+
+
+@pytest.mark.parametrize(
+    ("coders", "password", "named"),
+    [([{"id": py7zr.FILTER_PPMD}], None, "PPMd"),
+     ([{"id": py7zr.FILTER_LZMA2}, {"id": py7zr.FILTER_CRYPTO_AES256_SHA256}], "pw", "7zAES")],
+    ids=["ppmd", "7zaes"],
+)  # fmt: skip
+def test_a_coder_the_standard_library_lacks_is_refused_by_name(
+    site: list[Path], tmp_path: Path, coders: list[dict], password: str | None, named: str
+) -> None:
+    path = tmp_path / "site.7z"
+    with py7zr.SevenZipFile(path, "w", filters=coders, password=password) as z:
+        for file in sorted(site):
+            z.write(file, arcname=file.name)
+    with pytest.raises(archive.ArchiveRefused, match=f"^site.7z uses coder {named}") as err:
+        extract(path)
+    assert "repack it" in str(err.value)
+
+
+def number(value: int) -> bytes:
+    """A 7z UINT64 in its 9-byte form."""
+    return b"\xff" + struct.pack("<Q", value)
+
+
+def forged(path: Path, header: bytes) -> Path:
+    """An archive of nothing but a signature header pointing at ``header``."""
+    start = struct.pack("<QQI", 0, len(header), zlib.crc32(header))
+    path.write_bytes(sevenzip.MAGIC + b"\x00\x04" + struct.pack("<I", zlib.crc32(start)) + start
+                     + header)  # fmt: skip
+    return path
+
+
+def test_a_header_declaring_millions_of_files_is_refused_before_allocating(
+    tmp_path: Path,
+) -> None:
+    """40 bytes that declare 4 million files (py7zr allocates 1.45 GiB for them)."""
+    files_info = bytes([1, 5]) + number(4_000_000) + bytes([0, 0])
+    path = forged(tmp_path / "site.7z", files_info + b"\x00" * (40 - len(files_info)))
+    tracemalloc.start()
+    try:
+        with pytest.raises(archive.ArchiveError, match="declares 4000000 files, more than its"):
+            extract(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        bytes([4, 6]) + number(0) + number(1 << 40) + bytes([0]),  # a trillion packed streams
+        bytes([4, 7, 11]) + number(1 << 40) + bytes([0]),  # a trillion folders
+        bytes([4, 8, 13]) + number(1 << 40) + bytes([0]),  # a trillion substreams
+    ],
+    ids=["packed-streams", "folders", "substreams"],
+)
+def test_every_declared_count_is_bounded_by_the_header(tmp_path: Path, body: bytes) -> None:
+    path = forged(tmp_path / "site.7z", bytes([1]) + body + b"\x00" * 8)
+    with pytest.raises(archive.ArchiveError, match="site.7z is damaged .*header"):
+        extract(path)
+
+
+def test_a_member_held_twice_is_refused(site: list[Path], tmp_path: Path) -> None:
+    path = tmp_path / "site.7z"
+    with py7zr.SevenZipFile(path, "w") as z:
+        for file in sorted(site):
+            z.write(file, arcname=file.name)
+        z.writestr(b"<posts/>", "Posts.xml")
+    with pytest.raises(archive.ArchiveRefused, match="holds Posts.xml more than once"):
+        extract(path)
+
+
+class _Changing(LocalArchiveBytes):
+    """Serves one header by Range and another in the forward stream."""
+
+    def chunks(self) -> Iterator[bytes]:
+        for chunk in super().chunks():
+            yield chunk[:-1] + bytes([chunk[-1] ^ 1]) if len(chunk) < 7001 else chunk
+
+
+def test_header_bytes_read_ahead_must_be_those_of_the_forward_read(
+    site: list[Path], tmp_path: Path
+) -> None:
+    path = pack_7z(site, tmp_path / "site.7z")
+    with _Changing(path, None, 7001) as archive_bytes:
+        opened, members = archive.open_members(archive_bytes, path.name, MEMBERS, Limits())
+        writers, _ = collectors(members)
+        with pytest.raises(archive.ArchiveError, match="its header changed between the reads"):
+            archive.stream(archive_bytes, opened, writers)
 
 
 def stored(files: list[Path], path: Path) -> Path:
@@ -175,8 +319,11 @@ def test_flipped_byte_in_a_member_fails_its_crc(site: list[Path], tmp_path: Path
     data = bytearray(path.read_bytes())
     data[offset + 5000] ^= 0x01  # a letter in a post: the XML stays well-formed
     path.write_bytes(data)
-    with pytest.raises(archive.ArchiveError) as err:
-        extract(path)
+    writers, events = collectors(MEMBERS)
+    with pytest.raises(archive.ArchiveError) as err, local(path) as archive_bytes:
+        opened, _ = archive.open_members(archive_bytes, path.name, MEMBERS, Limits())
+        archive.stream(archive_bytes, opened, writers)
+    assert events == ["write Posts.xml"]  # never closed: nothing downstream took it as whole
     assert not isinstance(err.value, archive.ArchiveRefused)  # a fresh download may help
     assert "site.7z is damaged (CRC check failed for Posts.xml)" in str(err.value)
     assert "run again" in str(err.value)

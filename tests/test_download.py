@@ -1,16 +1,17 @@
-"""``StreamedArchive``: an archive read as a file while a thread downloads it from a real local
-HTTP server (``tests.http_fixtures.DumpServer``) with injected faults; ``LocalArchive`` for
-``file://``; and py7zr reading a generated dump through it."""
+"""``download``: an archive read forward only from a real local HTTP server
+(``tests.http_fixtures.DumpServer``) with injected faults, Range reads ahead, and ``file://``
+archives read in place; nothing is ever written to disk."""
 
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import hashlib
-import io
 import logging
 import os
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,11 +30,15 @@ SIZE = 300_000
 
 
 @pytest.fixture(autouse=True)
-def local_source(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Let the producer reach the test server on 127.0.0.1; no checksum list to look up."""
+def local_source(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Let the producer reach the test server on 127.0.0.1; no checksum list to look up; any
+    temporary file would land in an empty TMPDIR (``no_files_written`` checks it stays so)."""
     monkeypatch.setenv(url_policy.ALLOWED_HOSTS_ENV, "127.0.0.1,localhost")
     monkeypatch.setenv("STACKEXCHANGE_CHECKSUMS_URL", "none")
     monkeypatch.delenv(url_policy.FILE_ROOT_ENV, raising=False)
+    scratch = tmp_path / "tmpdir"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
 
 
 @pytest.fixture
@@ -45,25 +50,14 @@ def mirror(tmp_path: Path) -> Path:
     return directory
 
 
-@pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    directory = tmp_path / "work"
-    directory.mkdir()
-    return directory
-
-
 def remote(server: DumpServer, checksum: source.Checksum | None = None) -> source.RemoteArchive:
     """The archive as ``source.resolve`` finds it (HEAD), with ``checksum`` as if published."""
     found = source.resolve(SITE, f"{server.url}/mirror", POLICY).archives["Posts.xml"]
     return dataclasses.replace(found, checksum=checksum)
 
 
-def read_all(fileobj: io.RawIOBase, piece: int = 7001) -> bytes:
-    """Read sequentially in pieces that do not line up with the download's chunks."""
-    parts = []
-    while data := fileobj.read(piece):
-        parts.append(data)
-    return b"".join(parts)
+def read_all(archive_bytes: download.ArchiveBytes) -> bytes:
+    return b"".join(archive_bytes.chunks())
 
 
 def ranges(server: DumpServer) -> list[str | None]:
@@ -82,31 +76,30 @@ def download_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "download"]
 
 
-def test_sequential_read_equals_the_file(mirror: Path, workdir: Path) -> None:
+def test_forward_read_equals_the_file_and_verifies_it(mirror: Path) -> None:
     data = (mirror / NAME).read_bytes()
     with DumpServer(mirror.parent) as server:
         checksum = source.Checksum("sha1", hashlib.sha1(data).hexdigest())
-        with download.open_archive(remote(server, checksum), workdir, POLICY) as fileobj:
-            assert isinstance(fileobj, download.StreamedArchive)
-            assert (workdir / NAME).exists()  # the local copy a resume continues
-            assert read_all(fileobj) == data
-            fileobj.finish()
-            assert fileobj.downloaded.done == SIZE
-        assert ranges(server) == [None]
-    assert list(workdir.iterdir()) == []
+        with download.open_archive(remote(server, checksum), POLICY) as archive_bytes:
+            assert isinstance(archive_bytes, download.RemoteArchiveBytes)
+            assert archive_bytes.read_range(SIZE - 32, SIZE) == data[-32:]
+            assert read_all(archive_bytes) == data
+            assert archive_bytes.downloaded.done == SIZE
+        assert ranges(server) == [f"bytes={SIZE - 32}-{SIZE - 1}", None]
+        assert all(r.headers.get("Accept-Encoding") == "identity" for r in server.requests)
+    assert download_threads() == []
 
 
 def test_dropped_connection_resumes_with_range_and_if_range(
-    mirror: Path, workdir: Path, caplog: pytest.LogCaptureFixture
+    mirror: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     data = (mirror / NAME).read_bytes()
     caplog.set_level(logging.INFO, logger="stackexchange.download")
     faults = Faults(drop_times=2, drop_after=100_000)
     with DumpServer(mirror.parent, faults) as server:
         found = remote(server, source.Checksum("md5", hashlib.md5(data).hexdigest()))
-        with download.StreamedArchive(found, workdir / NAME, POLICY) as fileobj:
-            assert read_all(fileobj) == data
-            fileobj.finish()  # the hash carried across both resumes
+        with download.RemoteArchiveBytes(found, POLICY) as archive_bytes:
+            assert read_all(archive_bytes) == data  # the hash carried across both resumes
         gets = server.gets(NAME)
     assert "Range" not in gets[0].headers
     # Each resume starts where the bytes received so far end (at most where the server cut).
@@ -117,143 +110,182 @@ def test_dropped_connection_resumes_with_range_and_if_range(
     assert f"Resuming {found.url} at byte {starts[0]}" in caplog.text
 
 
-def test_far_ahead_read_is_fetched_with_its_own_range(
-    mirror: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """py7zr reads the end header right after the start: it must not wait for the download."""
-    monkeypatch.setattr(download, "LOOKAHEAD_BYTES", 64 << 10)
+def test_retries_are_counted_per_stall_not_per_archive(mirror: Path) -> None:
+    """Ten drops, each after progress, with four attempts allowed: the download completes."""
     data = (mirror / NAME).read_bytes()
+    with DumpServer(mirror.parent, Faults(drop_times=10, drop_after=20_000)) as server:
+        with download.RemoteArchiveBytes(remote(server), POLICY) as archive_bytes:
+            assert read_all(archive_bytes) == data
+        assert len(server.gets(NAME)) == 11
+
+
+def test_truncation_that_persists_fails_after_every_attempt(mirror: Path) -> None:
+    with DumpServer(mirror.parent, Faults(drop_times=100, drop_after=0)) as server:
+        with (
+            download.RemoteArchiveBytes(remote(server), POLICY) as archive_bytes,
+            pytest.raises(source.SourceError, match=f"failed {POLICY.attempts} times in a row"),
+        ):
+            read_all(archive_bytes)
+        assert len(server.gets(NAME)) == POLICY.attempts
+
+
+def test_a_server_ignoring_range_is_refused_with_the_reason(mirror: Path) -> None:
     with (
-        DumpServer(mirror.parent, Faults(bytes_per_second=50_000)) as server,  # 6 s for all
-        download.StreamedArchive(remote(server), workdir / NAME, POLICY) as fileobj,
+        DumpServer(mirror.parent, Faults(ignore_range=True)) as server,
+        download.RemoteArchiveBytes(remote(server), POLICY) as archive_bytes,
+        pytest.raises(source.SourceError, match=r"does not honour Range requests \(it answered"),
     ):
-        assert fileobj.read(32) == data[:32]  # waits for the download's first chunk
-        fileobj.seek(-32, os.SEEK_END)
-        assert fileobj.read(32) == data[-32:]
-        assert fileobj.downloaded.done < SIZE - (64 << 10)  # the download is far behind
-        assert ranges(server) == [None, f"bytes={SIZE - 32}-{SIZE - 1}"]
-        fileobj.seek(SIZE - 16)
-        assert fileobj.read(16) == data[-16:]  # already fetched: no new request
-        assert len(ranges(server)) == 2
+        archive_bytes.read_range(0, 32)
 
 
-def test_far_ahead_read_from_a_server_without_ranges_is_an_error(
-    mirror: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(download, "LOOKAHEAD_BYTES", 64 << 10)
-    faults = Faults(ignore_range=True, bytes_per_second=50_000)
+def test_short_range_read_is_retried_then_an_error(mirror: Path) -> None:
+    """A server may answer a Range with fewer bytes than asked: never taken as the bytes."""
     with (
-        DumpServer(mirror.parent, faults) as server,
-        download.StreamedArchive(remote(server), workdir / NAME, POLICY) as fileobj,
+        DumpServer(mirror.parent) as server,
+        download.RemoteArchiveBytes(remote(server), POLICY) as archive_bytes,
+        pytest.raises(source.SourceError, match=f"failed {POLICY.attempts} times") as err,
     ):
-        fileobj.seek(-32, os.SEEK_END)
-        with pytest.raises(source.SourceError, match=r"does not serve byte ranges \(HTTP 200\)"):
-            fileobj.read(32)
+        archive_bytes.read_range(SIZE - 10, SIZE + 10)  # the server sends the 10 it has
+    assert "short range read" in str(err.value.__cause__)
 
 
-def test_more_bytes_than_announced_is_an_error(mirror: Path, workdir: Path) -> None:
+def test_more_bytes_than_announced_is_an_error(mirror: Path) -> None:
     with DumpServer(mirror.parent) as server:
         found = remote(server)
         with (mirror / NAME).open("ab") as grown:  # the file changes after the HEAD
             grown.write(os.urandom(5000))
         with (
-            download.StreamedArchive(found, workdir / NAME, POLICY) as fileobj,
+            download.RemoteArchiveBytes(found, POLICY) as archive_bytes,
             pytest.raises(source.SourceError, match=f"sent more than the {SIZE} bytes it announ"),
         ):
-            fileobj.finish()
+            read_all(archive_bytes)
         assert ranges(server) == [None]  # not retried: the source is inconsistent
 
 
-def test_server_ignoring_range_on_resume_is_an_error(mirror: Path, workdir: Path) -> None:
+def test_server_ignoring_range_on_resume_is_an_error(mirror: Path) -> None:
     faults = Faults(drop_times=1, drop_after=50_000, ignore_range=True)
     with DumpServer(mirror.parent, faults) as server:
-        found = remote(server)
         with (
-            download.StreamedArchive(found, workdir / NAME, POLICY) as fileobj,
+            download.RemoteArchiveBytes(remote(server), POLICY) as archive_bytes,
             pytest.raises(source.SourceError, match="changed while it was downloading"),
         ):
-            fileobj.finish()
+            read_all(archive_bytes)
         assert len(ranges(server)) == 2 and ranges(server)[1] is not None
 
 
-def test_truncation_that_persists_fails_after_every_attempt(mirror: Path, workdir: Path) -> None:
-    with DumpServer(mirror.parent, Faults(drop_times=100, drop_after=0)) as server:
-        found = remote(server)
-        with (
-            download.StreamedArchive(found, workdir / NAME, POLICY) as fileobj,
-            pytest.raises(source.SourceError, match=f"failed {POLICY.attempts} times") as err,
-        ):
-            fileobj.read(10)
-        assert len(server.gets(NAME)) == POLICY.attempts
-    assert isinstance(err.value.__cause__, source.TRANSIENT_ERRORS)
-
-
-def test_checksum_mismatch_fails_at_finish(mirror: Path, workdir: Path) -> None:
+def test_checksum_mismatch_fails_after_the_last_byte(mirror: Path) -> None:
     data = (mirror / NAME).read_bytes()
+    received = bytearray()
     with DumpServer(mirror.parent) as server:
         found = remote(server, source.Checksum("sha1", "0" * 40))
-        with download.StreamedArchive(found, workdir / NAME, POLICY) as fileobj:
-            assert read_all(fileobj) == data  # the bytes arrive; only finish() judges them
-            with pytest.raises(source.SourceError, match=r"sha1 \w+ does not match the publ"):
-                fileobj.finish()
+        with (
+            download.RemoteArchiveBytes(found, POLICY) as archive_bytes,
+            pytest.raises(source.SourceError, match=r"sha1 \w+ does not match the publ"),
+        ):
+            for chunk in archive_bytes.chunks():
+                received += chunk
+    assert received == data  # the bytes arrive; only the end judges them
 
 
-def test_close_is_prompt_and_removes_the_local_file_while_throttled(
-    mirror: Path, workdir: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_close_is_prompt_while_throttled(mirror: Path, caplog: pytest.LogCaptureFixture) -> None:
     """With the real chunk size (1 MiB), one chunk at this rate takes seconds."""
     policy = dataclasses.replace(POLICY, chunk_bytes=DownloadPolicy().chunk_bytes)
     (mirror / NAME).write_bytes(os.urandom(2 << 20))
     with DumpServer(mirror.parent, Faults(bytes_per_second=200_000)) as server:
-        fileobj = download.StreamedArchive(remote(server), workdir / NAME, policy)
+        archive_bytes = download.RemoteArchiveBytes(remote(server), policy)
+        chunks = archive_bytes.chunks()
+        reader = threading.Thread(target=lambda: next(chunks, None), daemon=True)
+        reader.start()
         wait_until(lambda: server.served > 0, "the download to start")
         caplog.set_level(logging.WARNING, logger="stackexchange")
         caplog.clear()
         started = time.monotonic()
-        fileobj.close()
+        archive_bytes.close()
         elapsed = time.monotonic() - started
     assert elapsed < 2.0, f"close() took {elapsed:.1f}s"
-    assert not (workdir / NAME).exists()
     assert download_threads() == []
     # A closed download is not a failed one: no warning, no retry.
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
-def test_unannounced_size_is_refused(workdir: Path) -> None:
+def test_unannounced_size_is_refused() -> None:
     found = source.RemoteArchive("http://127.0.0.1:9/a.7z", None, '"e"', None)
     with pytest.raises(source.SourceError, match="does not announce its size"):
-        download.StreamedArchive(found, workdir / "a.7z", POLICY)
-    assert list(workdir.iterdir()) == []
+        download.RemoteArchiveBytes(found, POLICY)
 
 
-def test_py7zr_extracts_a_dump_through_the_streamed_archive(
-    tmp_path: Path, mirror: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_malformed_content_length_is_a_clear_error(mirror: Path) -> None:
+    """'²' is a digit to str.isdigit() but not to int()."""
+    with (
+        DumpServer(mirror.parent, Faults(head_content_length="\u00b2")) as server,
+        pytest.raises(source.SourceError, match=r"malformed Content-Length \('\\xb2'\)"),
+    ):
+        remote(server)
+
+
+def test_a_compressed_body_is_refused_before_it_is_read(
+    mirror: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The real read pattern: start header, end header fetched ahead, packed stream in order."""
-    monkeypatch.setattr(download, "LOOKAHEAD_BYTES", 8 << 10)
+    """A 50 KB gzip body that expands to 50 MiB: neither the download nor the file list
+    decodes it."""
+    (mirror / NAME).write_bytes(gzip.compress(b"\0" * (50 << 20)))
+    (mirror / "mirror_files.xml").write_bytes((mirror / NAME).read_bytes())
+    with DumpServer(mirror.parent) as server:
+        found = remote(server)
+        server.faults.content_encoding = "gzip, gzip"
+        tracemalloc.start()
+        try:
+            with (
+                download.RemoteArchiveBytes(found, POLICY) as archive_bytes,
+                pytest.raises(source.SourceError, match="Content-Encoding 'gzip, gzip' although"),
+            ):
+                archive_bytes.read_range(0, 32)
+            with (
+                download.RemoteArchiveBytes(found, POLICY) as archive_bytes,
+                pytest.raises(source.SourceError, match="Content-Encoding 'gzip, gzip' although"),
+            ):
+                read_all(archive_bytes)
+            listed = f"{server.url}/mirror/mirror_files.xml"
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setenv("STACKEXCHANGE_CHECKSUMS_URL", listed)
+                caplog.set_level(logging.WARNING, logger="stackexchange.source")
+                assert source.file_list(f"{server.url}/mirror", POLICY) is None
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert peak < 8 << 20
+    assert "Content-Encoding 'gzip, gzip' although only 'identity'" in caplog.text
+
+
+def test_a_dump_streams_from_http_headers_first_then_once_forward(
+    tmp_path: Path, mirror: Path
+) -> None:
+    """The real read pattern: the 7z headers by Range, then one forward stream that the
+    published checksum covers whole, header bytes included."""
     files = write_site(tmp_path / "site", posts=300, users=40)
     packed = pack_7z(files, mirror / NAME)
     size = packed.stat().st_size
-    with DumpServer(mirror.parent, Faults(bytes_per_second=20_000)) as server:
-        with download.StreamedArchive(remote(server), workdir / NAME, POLICY) as fileobj:
-            seven_zip, members = archive.open_members(
-                fileobj, NAME, ["Posts.xml", "Users.xml"], Limits()
+    checksum = source.Checksum("sha1", hashlib.sha1(packed.read_bytes()).hexdigest())
+    with DumpServer(mirror.parent, Faults(bytes_per_second=200_000)) as server:
+        with download.RemoteArchiveBytes(remote(server, checksum), POLICY) as archive_bytes:
+            opened, members = archive.open_members(
+                archive_bytes, NAME, ["Posts.xml", "Users.xml"], Limits()
             )
-            assert fileobj.downloaded.done < size  # the header came ahead of the download
+            assert archive_bytes.downloaded.done == 0  # the headers came ahead of the stream
             writers, _ = collectors(members)
-            with seven_zip:
-                archive.stream(seven_zip, NAME, writers)
-            fileobj.finish()
-        # One request for the whole file, one closed range for the header at its end.
-        assert ranges(server)[0] is None
-        assert [r for r in ranges(server)[1:] if r and r.endswith(f"-{size - 1}")] != []
+            archive.stream(archive_bytes, opened, writers)
+        gets = ranges(server)
+    assert gets[0] == "bytes=0-31"
+    assert gets[1] is not None and gets[1].endswith(f"-{size - 1}")  # the end header
+    assert len(gets) <= 4 and None not in gets[:-1]  # (and the packed header it encodes)
+    assert gets[-1] is None  # then the whole archive, once
     for name, writer in writers.items():
         assert writer.data == (tmp_path / "site" / name).read_bytes()
         assert members[name].size == len(writer.data)
 
 
 def test_local_archive_is_read_in_place_and_verified(
-    mirror: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch
+    mirror: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(url_policy.FILE_ROOT_ENV, str(mirror))
     data = (mirror / NAME).read_bytes()
@@ -261,15 +293,15 @@ def test_local_archive_is_read_in_place_and_verified(
     good = dataclasses.replace(
         found, checksum=source.Checksum("md5", hashlib.md5(data).hexdigest())
     )
-    with download.open_archive(good, workdir, POLICY) as fileobj:
-        assert isinstance(fileobj, download.LocalArchive)
-        assert (fileobj.size, fileobj.downloaded.done) == (SIZE, SIZE)
-        assert read_all(fileobj) == data
-        fileobj.finish()
-    assert list(workdir.iterdir()) == []  # nothing copied
+    with download.open_archive(good, POLICY) as archive_bytes:
+        assert isinstance(archive_bytes, download.LocalArchiveBytes)
+        assert archive_bytes.read_range(10, 20) == data[10:20]
+        assert read_all(archive_bytes) == data
+        assert archive_bytes.downloaded.done == SIZE
     bad = dataclasses.replace(found, checksum=source.Checksum("md5", "0" * 32))
     with (
-        download.open_archive(bad, workdir, POLICY) as fileobj,
+        download.open_archive(bad, POLICY) as archive_bytes,
         pytest.raises(source.SourceError, match="does not match the published"),
     ):
-        fileobj.finish()
+        read_all(archive_bytes)
+    assert list((tmp_path / "tmpdir").iterdir()) == []  # nothing copied

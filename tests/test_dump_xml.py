@@ -70,7 +70,7 @@ class Recorder:
 
 
 def pass_through(stream: ValidatingStream, data: bytes, piece: int = 1000) -> None:
-    """Write ``data`` as py7zr does, reusing one buffer (the stream must copy what it keeps)."""
+    """Write ``data`` from one reused buffer (the stream must copy what it keeps)."""
     buffer = bytearray()
     for start in range(0, len(data), piece):
         buffer[:] = data[start : start + piece]
@@ -164,6 +164,33 @@ def test_entity_expansion_is_refused_not_expanded(tmp_path: Path) -> None:
     with pytest.raises(DumpXmlError, match="DOCTYPE"):
         validate_file(path)
     assert time.monotonic() - started < 1  # refused at the declaration, 10**9 'lol's never built
+
+
+def huge_row(path: Path, attribute_bytes: int, padding_rows: int = 0) -> Path:
+    """A Posts.xml whose one row carries an attribute of ``attribute_bytes``, after ordinary
+    rows (padding: the whole file is not what is bounded, the line is)."""
+    rows = b'  <row Id="1" />\r\n' * padding_rows
+    path.write_bytes(b"<posts>\r\n" + rows + b'  <row Id="2" Body="' + b"a" * attribute_bytes
+                     + b'" />\r\n</posts>')  # fmt: skip
+    return path
+
+
+def test_a_row_longer_than_the_bound_is_refused(tmp_path: Path) -> None:
+    path = huge_row(tmp_path / "Posts.xml", 3 << 20, padding_rows=200_000)
+    with path.open("rb") as src, pytest.raises(DumpXmlError) as err:
+        validate_stream(src, "Posts.xml", 1 << 16, max_line_bytes=2 << 20)
+    assert str(err.value).startswith("Posts.xml: a line longer than 2097152 bytes ends past")
+    assert "STACKEXCHANGE_MAX_ROW_BYTES" in str(err.value)
+    with path.open("rb") as src:  # the bound refused it, not the content
+        assert validate_stream(src, "Posts.xml", 1 << 16, max_line_bytes=4 << 20)[1] == 200_001
+
+
+def test_the_child_applies_the_row_bound_it_is_given(tmp_path: Path) -> None:
+    data = huge_row(tmp_path / "Posts.xml", 3 << 20).read_bytes()
+    stream = ValidatingStream("Posts.xml", Recorder(), max_line_bytes=2 << 20)
+    pass_through(stream, data, piece=1 << 20)
+    with pytest.raises(DumpXmlError, match="a line longer than 2097152 bytes"):
+        stream.finish()
 
 
 # --- ValidatingStream ---------------------------------------------------------------------

@@ -1,33 +1,38 @@
 """Faults at every point of the streamed ingest leave the previous pair whole, and the next run
 publishes a consistent pair with no multipart upload left open.
 
-The ingest runs for real: a local HTTP mirror (tests/http_fixtures.py), py7zr, the validator
-child process, and moto's S3 server over HTTP, with S3FaultProxy in front of it to make chosen
-S3 calls fail. A killed task is a real process killed with SIGKILL.
+The ingest runs for real: a local HTTP mirror (tests/http_fixtures.py), the forward-only
+decoder, the validator child process, and moto's S3 server over HTTP, with S3FaultProxy in front
+of it to make chosen S3 calls fail. A killed task is a real process killed with SIGKILL.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import py7zr
 import pytest
 
 from local.sample_dump import pack_7z, write_site
 from local.services import s3_client
-from stackexchange import ingest, multipart, publish
+from stackexchange import archive, ingest, multipart, publish
 from stackexchange.assets import BUCKET, POSTS_KEY, USERS_KEY
 from stackexchange.dump_xml import DumpXmlError
 from stackexchange.s3 import S3PublishError
+from stackexchange.source import SourceError
 from tests.http_fixtures import DumpServer, S3FaultProxy
 
 REPO = Path(__file__).resolve().parents[1]
@@ -279,3 +284,161 @@ def test_split_layout_publishes_the_pair(mirror: Mirror, s3: Any, tmp_path: Path
     for name, key in KEYS.items():
         assert s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == files[name].read_bytes()
     assert_nothing_left(s3)
+
+
+# --- the forward-only stream: no archive on disk, resume, refusals --------------------------
+
+
+class DiskWatch:
+    """Polls the bytes under ``directory`` (where every temporary file of the ingest goes) in a
+    thread while the ingest runs; ``peak`` is the most it saw."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory, self.peak, self.polls = directory, 0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            used = 0
+            for path in self.directory.rglob("*"):
+                with contextlib.suppress(FileNotFoundError):
+                    used += path.stat().st_size if path.is_file() else 0
+            self.peak, self.polls = max(self.peak, used), self.polls + 1
+            time.sleep(0.005)
+
+    def __enter__(self) -> DiskWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@pytest.fixture
+def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty TMPDIR for the ingest (tempfile reads it once, so its cache is reset too)."""
+    directory = tmp_path / "tmpdir"
+    directory.mkdir()
+    monkeypatch.setenv("TMPDIR", str(directory))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    return directory
+
+
+def published(client: Any) -> dict[str, bytes]:
+    return {n: client.get_object(Bucket=BUCKET, Key=k)["Body"].read() for n, k in KEYS.items()}
+
+
+@pytest.mark.parametrize("layout", ["single", "split"])
+def test_no_archive_byte_is_written_to_disk(
+    mirror: Mirror, s3: Any, scratch: Path, tmp_path: Path, layout: str
+) -> None:
+    site = f"{layout}-disk.{SITE}"
+    files = {p.name: p for p in write_site(tmp_path / "site", posts=4000, users=300, seed=5)}
+    item = mirror.root / "stackexchange"
+    if layout == "single":
+        pack_7z(list(files.values()), item / f"{site}.7z")
+    else:
+        for table in ("Posts", "Users"):
+            pack_7z([files[f"{table}.xml"]], item / f"{site}-{table}.7z")
+    mirror.server.faults.bytes_per_second = 2 << 20  # slow enough to be watched
+    try:
+        with DiskWatch(scratch) as disk:
+            ingest.ingest(site, mirror.base, "aws_conn", f"{layout}-disk#1")
+    finally:
+        mirror.server.faults.bytes_per_second = 0
+    assert disk.polls > 10 and disk.peak == 0
+    assert published(s3) == {n: files[n].read_bytes() for n in KEYS}
+    assert_nothing_left(s3)
+
+
+def test_a_connection_dropped_mid_archive_resumes_and_publishes_the_same(
+    mirror: Mirror, s3: Any
+) -> None:
+    size = mirror.archive().stat().st_size
+    name = mirror.archive().name
+    mirror.server.requests.clear()
+    mirror.server.faults.drop_times, mirror.server.faults.drop_after = 2, size // 3
+    try:
+        extras = ingest.ingest(SITE, mirror.base, "aws_conn", "dropped#1")
+    finally:
+        mirror.server.faults.drop_times = 0
+    resumed = [r.headers.get("Range") for r in mirror.server.gets(name)][-3:]
+    assert resumed[0] is None and all(r and r.endswith("-") for r in resumed[1:])
+    originals = {p.name: p.read_bytes() for p in (mirror.root / "v2").iterdir()}
+    assert published(s3) == {n: originals[n] for n in KEYS}
+    assert [e["sha256"] for e in extras] == [hashlib.sha256(originals[n]).hexdigest() for n in KEYS]
+    assert_nothing_left(s3)
+
+
+def test_a_server_ignoring_range_is_refused_and_publishes_nothing(mirror: Mirror, s3: Any) -> None:
+    previous = publish_v1(mirror)
+    mirror.server.faults.ignore_range = True
+    try:
+        with pytest.raises(SourceError, match="does not honour Range requests"):
+            ingest.ingest(SITE, mirror.base, "aws_conn", "norange#1")
+    finally:
+        mirror.server.faults.ignore_range = False
+    assert open_uploads(s3) == []
+    assert_pair_is(s3, previous)
+
+
+def _stored(files: list[Path], path: Path) -> Path:
+    """Packed without compression: a flipped byte reaches the CRC, not the decoder."""
+    with py7zr.SevenZipFile(path, "w", filters=[{"id": py7zr.FILTER_COPY}]) as z:
+        for file in sorted(files):
+            z.write(file, arcname=file.name)
+    return path
+
+
+def _flip(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(data)
+
+
+@pytest.mark.parametrize("damage", ["packed-bytes", "member-crc", "unsupported-coder"])
+def test_a_damaged_or_foreign_archive_publishes_nothing(
+    mirror: Mirror, s3: Any, tmp_path: Path, damage: str
+) -> None:
+    previous = publish_v1(mirror)
+    site = f"{damage}.{SITE}"
+    files = write_site(tmp_path / "site", posts=3000, users=200, seed=6)
+    path = mirror.root / "stackexchange" / f"{site}.7z"
+    if damage == "packed-bytes":
+        pack_7z(files, path)
+        _flip(path, path.stat().st_size // 2)
+        expected = (archive.ArchiveError, r"is damaged \(")
+    elif damage == "member-crc":
+        _stored(files, path)
+        # Users.xml sorts last and is stored as is: a letter in its last row.
+        _flip(path, path.stat().st_size - 2000)
+        expected = (archive.ArchiveError, r"CRC check failed for Users.xml")
+    else:
+        with py7zr.SevenZipFile(path, "w", filters=[{"id": py7zr.FILTER_PPMD}]) as z:
+            for file in sorted(files):
+                z.write(file, arcname=file.name)
+        expected = (archive.ArchiveRefused, r"uses coder PPMd")
+    with pytest.raises(expected[0], match=expected[1]):
+        ingest.ingest(site, mirror.base, "aws_conn", f"{damage}#1")
+    assert open_uploads(s3) == []
+    assert_pair_is(s3, previous)
+
+
+def test_a_wrong_published_checksum_publishes_nothing(
+    mirror: Mirror, s3: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both members stream whole and validate; the checksum, over the archive's last byte too,
+    fails at the end, and nothing is published."""
+    previous = publish_v1(mirror)
+    listing = mirror.root / "stackexchange" / "wrong_files.xml"
+    data = mirror.archive().read_bytes()
+    wrong = hashlib.sha1(data[:-1] + bytes([data[-1] ^ 1])).hexdigest()  # differs in the end
+    listing.write_text(f'<files><file name="{mirror.archive().name}"><sha1>{wrong}</sha1>'
+                       "</file></files>")  # fmt: skip
+    monkeypatch.setenv("STACKEXCHANGE_CHECKSUMS_URL", f"{mirror.base}/wrong_files.xml")
+    with pytest.raises(SourceError, match=f"sha1 {hashlib.sha1(data).hexdigest()} does not"):
+        ingest.ingest(SITE, mirror.base, "aws_conn", "wrongsum#1")
+    assert open_uploads(s3) == []
+    assert_pair_is(s3, previous)

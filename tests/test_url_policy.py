@@ -474,6 +474,43 @@ def test_allow_list_covers_the_embedded_address(monkeypatch: pytest.MonkeyPatch)
     assert check_destination("http://2130706433/") is None
 
 
+METADATA_FORMS = {
+    "aws-ipv6": ("fd00:ec2::254", "a cloud metadata address"),
+    "ipv4": ("169.254.169.254", "a cloud metadata address"),
+    "ipv4-mapped": ("::ffff:169.254.169.254", "a cloud metadata address in IPv4-mapped form"),
+    "ipv4-compatible": ("::169.254.169.254", "a cloud metadata address in IPv4-compatible form"),
+}
+
+
+@pytest.mark.parametrize(("address", "reason"), METADATA_FORMS.values(), ids=METADATA_FORMS.keys())
+@pytest.mark.parametrize("covering", ["fd00::/8,169.254.0.0/16", "::/0,0.0.0.0/0"])
+def test_a_covering_range_does_not_admit_metadata_addresses(
+    monkeypatch: pytest.MonkeyPatch, address: str, reason: str, covering: str
+) -> None:
+    monkeypatch.setenv(ALLOWED, covering)
+    assert f"is {reason}" in refusal(lambda: check_destination(f"http://[{address}]/"
+                                                               if ":" in address else
+                                                               f"http://{address}/"))  # fmt: skip
+
+
+@pytest.mark.parametrize(("address", "reason"), METADATA_FORMS.values(), ids=METADATA_FORMS.keys())
+def test_a_listed_name_does_not_admit_the_metadata_addresses_it_resolves_to(
+    dns: dict, monkeypatch: pytest.MonkeyPatch, address: str, reason: str
+) -> None:
+    dns["mirror.internal"] = ["10.0.0.5", address]
+    monkeypatch.setenv(ALLOWED, "mirror.internal,::/0")
+    assert f"mirror.internal resolves to {reason}" in refusal(
+        lambda: check_destination("http://mirror.internal/dumps")
+    )
+
+
+def test_a_metadata_address_listed_exactly_is_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ALLOWED, "fd00:ec2::254,169.254.169.254")
+    assert check_destination("http://[fd00:ec2::254]/") is None
+    assert check_destination("http://169.254.169.254/") is None
+    assert check_destination("http://[::ffff:169.254.169.254]/") is None
+
+
 @pytest.mark.parametrize("entry", ["10.0.0.0/33", "bad host!", "http://mirror/"])
 def test_allow_list_bad_entry(monkeypatch: pytest.MonkeyPatch, entry: str) -> None:
     monkeypatch.setenv(ALLOWED, f"localhost,{entry}")

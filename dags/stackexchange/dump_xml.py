@@ -2,7 +2,9 @@
 
 A dump file is ``<root>`` holding one ``<row .../>`` per line. Real dumps start with a UTF-8 BOM,
 use CRLF and declare no DOCTYPE, so a DOCTYPE or entity declaration is refused outright (an
-entity-expansion file is never expanded). Nothing is held in memory beyond one chunk.
+entity-expansion file is never expanded). A line (so a row) longer than ``max_line_bytes`` is
+refused before expat sees it: expat 2.5 parses one huge attribute in quadratic time (64 MiB: 3 s),
+and the largest row of the real dumps here is 20 KB. Nothing is held in memory beyond one chunk.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import fcntl
 import hashlib
 import io
 import json
+import os
 import queue
 import subprocess
 import sys
@@ -22,7 +25,8 @@ from xml.parsers import expat
 
 ROOTS = {"Posts.xml": "posts", "Users.xml": "users"}
 PIPE_BYTES = 1 << 20
-QUEUED_CHUNKS = 2  # py7zr hands over chunks of a few MiB
+QUEUED_CHUNKS = 2  # the decoder hands over chunks of up to 2 MiB
+MAX_LINE_BYTES = 16 << 20  # the default of STACKEXCHANGE_MAX_ROW_BYTES
 
 
 class DumpXmlError(ValueError):
@@ -86,11 +90,12 @@ class DumpValidator:
     whether the bytes themselves were intact (the archive's CRC), which is the better message.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, max_line_bytes: int = MAX_LINE_BYTES) -> None:
         if name not in ROOTS:
             raise ValueError(f"no validation rules for {name}; known: {', '.join(ROOTS)}")
-        self.name = name
+        self.name, self.max_line_bytes = name, max_line_bytes
         self.bytes = 0
+        self._line_start = 0  # where the current line starts (after the last newline)
         self._error: DumpXmlError | None = None
         self._parser = expat.ParserCreate()
         self._structure = _Structure(name, ROOTS[name], self._parser)
@@ -98,9 +103,21 @@ class DumpValidator:
         self._parser.EntityDeclHandler = self._structure.refuse_doctype
         self._parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
 
-    def feed(self, data: bytes | memoryview) -> None:
-        self.bytes += len(data)
-        self._parse(data, final=False)
+    def feed(self, buffer: bytes | bytearray, size: int | None = None) -> None:
+        """Parse ``buffer[:size]`` (all of it by default), not copied."""
+        size = len(buffer) if size is None else size
+        newline = buffer.rfind(b"\n", 0, size)
+        if newline >= 0:
+            self._line_start = self.bytes + newline + 1
+        self.bytes += size
+        if self.bytes - self._line_start > self.max_line_bytes and self._error is None:
+            self._error = DumpXmlError(
+                f"{self.name}: a line longer than {self.max_line_bytes} bytes ends past byte "
+                f"{self._line_start}; real dumps hold one row per line, the longest a few "
+                "hundred KB, so it is refused (raise STACKEXCHANGE_MAX_ROW_BYTES only if you "
+                "trust the source)"
+            )
+        self._parse(memoryview(buffer)[:size], final=False)
 
     def _parse(self, data: bytes | memoryview, *, final: bool) -> None:
         if self._error is not None:
@@ -137,13 +154,15 @@ class ValidatingStream:
     queue between them bounds the memory.
     """
 
-    def __init__(self, name: str, out: ByteSink) -> None:
+    def __init__(self, name: str, out: ByteSink, max_line_bytes: int = MAX_LINE_BYTES) -> None:
         if name not in ROOTS:
             raise ValueError(f"no validation rules for {name}; known: {', '.join(ROOTS)}")
         self.name, self.out = name, out
         self.bytes = 0
         self._child = subprocess.Popen(
-            [sys.executable, "-I", __file__, name], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+            [sys.executable, "-I", __file__, name, str(max_line_bytes)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
         )
         assert self._child.stdin is not None
         self._pipe: BinaryIO | None = self._child.stdin
@@ -151,16 +170,19 @@ class ValidatingStream:
         # (Linux; the most an unprivileged process gets is /proc/sys/fs/pipe-max-size).
         with contextlib.suppress(OSError, AttributeError):
             fcntl.fcntl(self._pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
-        self._chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=QUEUED_CHUNKS)
+        self._chunks: queue.Queue[bytes | memoryview | None] = queue.Queue(maxsize=QUEUED_CHUNKS)
         self._error: BaseException | None = None
         self._sha256 = hashlib.sha256()
         self._thread = threading.Thread(target=self._drain, name=f"pass-{name}", daemon=True)
         self._thread.start()
 
-    def write(self, data: bytes | bytearray) -> int:
+    def write(self, data: bytes | bytearray | memoryview) -> int:
         if self._error is not None:
             raise self._error
-        self._chunks.put(bytes(data))  # a copy: the caller may reuse its buffer
+        # Immutable bytes (the decoder's output, or a view of it) are queued as they are; a
+        # mutable buffer is copied, since its owner may reuse it.
+        readonly = isinstance(data, bytes) or (isinstance(data, memoryview) and data.readonly)
+        self._chunks.put(data if readonly else bytes(data))
         self.bytes += len(data)
         return len(data)
 
@@ -171,7 +193,7 @@ class ValidatingStream:
             self._sha256.update(chunk)
             if self._pipe is not None:
                 try:
-                    self._pipe.write(chunk)
+                    _write_all(self._pipe.fileno(), memoryview(chunk))
                 except BrokenPipeError:  # the child died; finish() reports how
                     self._pipe = None
             try:
@@ -210,27 +232,37 @@ class ValidatingStream:
         return ValidatedFile(self.name, result["bytes"], result["rows"], self._sha256.hexdigest())
 
 
+def _write_all(fd: int, view: memoryview) -> None:
+    """All of ``view`` to the pipe, without the copy a buffered file would make."""
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def validate_stream(
-    stream: BinaryIO | io.RawIOBase, name: str, chunk_bytes: int = PIPE_BYTES
+    stream: BinaryIO | io.RawIOBase,
+    name: str,
+    chunk_bytes: int = PIPE_BYTES,
+    max_line_bytes: int = MAX_LINE_BYTES,
 ) -> tuple[int, int]:
     """``(bytes, rows)`` of a dump file read from ``stream`` (``name`` picks the rules)."""
-    validator = DumpValidator(name)
-    buffer = memoryview(bytearray(chunk_bytes))  # reused: no allocation per chunk
-    while size := stream.readinto(buffer):
-        validator.feed(buffer[:size])
+    validator = DumpValidator(name, max_line_bytes)
+    buffer = bytearray(chunk_bytes)  # reused: no allocation per chunk
+    view = memoryview(buffer)
+    while size := stream.readinto(view):
+        validator.feed(buffer, size)
     return validator.finish()
 
 
-def _validate_stdin(name: str) -> None:
+def _validate_stdin(name: str, max_line_bytes: int) -> None:
     """The child of ValidatingStream: validate stdin, print the result as one JSON line."""
     try:
         # Unbuffered: each read takes what the pipe holds, no copy through a buffer.
         stdin = sys.stdin.buffer.raw
-        size, rows = validate_stream(stdin, name)
+        size, rows = validate_stream(stdin, name, max_line_bytes=max_line_bytes)
         print(json.dumps({"bytes": size, "rows": rows}))
     except DumpXmlError as exc:
         print(json.dumps({"error": str(exc)}))
 
 
 if __name__ == "__main__":
-    _validate_stdin(sys.argv[1])
+    _validate_stdin(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else MAX_LINE_BYTES)

@@ -2,12 +2,14 @@
 
 One streaming pipeline per archive, its stages overlapped::
 
-    download thread ──► local archive file ──► py7zr (main thread) ──► per member:
-        sha256 + validator child process (expat) + S3 multipart parts (upload threads)
+    Range reads of the 7z headers, then
+    download thread ──► queue ──► lzma/bz2/zlib decoder (main thread) ──► per member:
+        CRC32, then sha256 + validator child process (expat) + S3 multipart parts (threads)
 
-No extracted XML touches the disk; the archive does (for resume), and is deleted as soon as it
-is read. Nothing becomes visible until both members validated, every CRC and the published
-checksum matched and every part is uploaded: then ``publish.commit`` completes the pair.
+Nothing touches the local disk: neither the archive (read forward only, resumed with Range after
+a drop) nor the extracted XML. Nothing becomes visible until both members validated, every CRC
+and the published checksum matched and every part is uploaded: then ``publish.commit`` completes
+the pair.
 Any failure aborts both multipart uploads; the previous pair stays as it was.
 """
 
@@ -15,10 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import shutil
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from stackexchange import archive, metrics, publish, s3, source, url_policy
@@ -139,15 +138,18 @@ def check(
 
 class _Member:
     """Where one member's bytes go: counted, hashed and validated (``ValidatingStream``), and
-    uploaded (``MultipartUpload``). Closed as soon as py7zr is past the member, so its
-    validation result is known and its upload buffers are freed before the next member."""
+    uploaded (``MultipartUpload``). Closed as soon as its last byte is decoded and its CRC
+    matched, so its validation result is known and its upload buffers are freed before the
+    next member."""
 
-    def __init__(self, name: str, upload: MultipartUpload, decompressed: Counter) -> None:
+    def __init__(
+        self, name: str, upload: MultipartUpload, decompressed: Counter, limits: Limits
+    ) -> None:
         self.name, self.upload, self.decompressed = name, upload, decompressed
-        self.stream = ValidatingStream(name, upload)
+        self.stream = ValidatingStream(name, upload, limits.max_row_bytes)
         self.file: ValidatedFile | None = None
 
-    def write(self, data: bytes | bytearray) -> int:
+    def write(self, data: bytes | memoryview) -> int:
         self.decompressed.done += len(data)
         return self.stream.write(data)
 
@@ -158,20 +160,8 @@ class _Member:
                  source.human_bytes(self.file.bytes), self.file.sha256)  # fmt: skip
 
 
-def _check_free_space(directory: Path, remotes: list[source.RemoteArchive], limits: Limits) -> None:
-    needed = sum(r.size or 0 for r in remotes) + limits.disk_margin_bytes
-    free = shutil.disk_usage(directory).free
-    if remotes and free < needed:
-        raise OSError(
-            f"{directory} has {source.human_bytes(free)} free but "
-            f"{' and '.join(r.name for r in remotes)} need {source.human_bytes(needed)} (the "
-            "archives, kept for resume, plus a margin): give the worker more disk or point "
-            "TMPDIR elsewhere"
-        )
-
-
 class _Total:
-    """Several counters read as one (the archives of a split layout download at once)."""
+    """Several counters read as one (the archives of a split layout)."""
 
     def __init__(self, parts: list[Counter]) -> None:
         self.parts = parts
@@ -199,21 +189,21 @@ def _stage(
     client: Any,
     found: source.Source,
     ingest_id: str,
-    workdir: Path,
     uploads: list[MultipartUpload],
 ) -> dict[str, publish.Staged]:
-    """Stream every archive's members into open multipart uploads; validated, not visible."""
+    """Stream every archive's members into open multipart uploads; validated, not visible.
+
+    Each archive is read once, forward, with no local copy (``download``): its header by Range
+    requests first, then its packed streams decoded as they arrive (``archive``).
+    """
     policy, limits = DownloadPolicy.from_env(), Limits.from_env()
     archives = found.unique_archives()
-    _check_free_space(workdir, [r for r, _ in archives if not r.url.startswith("file:")], limits)
     staged: dict[str, publish.Staged] = {}
     with contextlib.ExitStack() as opened:
-        # Every archive starts downloading now: a split layout's Users archive arrives while
-        # Posts is processed (archive.org limits each connection's rate, not the total).
-        files = [opened.enter_context(open_archive(r, workdir, policy)) for r, _ in archives]
+        sources = [opened.enter_context(open_archive(r, policy)) for r, _ in archives]
         decompressed, uploaded = Counter(), Counter()
         counters = {
-            "downloaded": _Total([f.downloaded for f in files]),
+            "downloaded": _Total([s.downloaded for s in sources]),
             "decompressed": decompressed,
             "uploaded": uploaded,
         }
@@ -221,33 +211,32 @@ def _stage(
         with Reporter(
             f"ingest of {found.site}", counters, policy.progress_seconds, figures.progress
         ):
-            for (remote, members), fileobj in zip(archives, files, strict=True):
-                seven_zip, declared = archive.open_members(fileobj, remote.name, members, limits)
+            for (remote, members), archive_bytes in zip(archives, sources, strict=True):
+                header, declared = archive.open_members(archive_bytes, remote.name, members, limits)
                 decompressed.total = (decompressed.total or 0) + sum(
                     m.size for m in declared.values()
                 )
                 uploaded.total = decompressed.total
                 writers: dict[str, _Member] = {}
-                with seven_zip:
-                    try:
-                        for member in members:
-                            upload = MultipartUpload(
-                                client,
-                                BUCKET,
-                                KEYS.key(member),
-                                _metadata(found.site, remote, ingest_id),
-                                part_size_for(declared[member].size),
-                                uploaded,
-                            )
-                            uploads.append(upload)
-                            writers[member] = _Member(member, upload, decompressed)
-                        log.info("Streaming %s from %s", " and ".join(members), remote.name)
-                        archive.stream(seven_zip, remote.name, writers)
-                    finally:
-                        for writer in writers.values():
-                            writer.stream.close()  # no validator process outlives the stream
-                fileobj.finish()  # the whole archive arrived and matches its checksum
-                fileobj.close()  # and its local copy goes now
+                try:
+                    for member in members:
+                        upload = MultipartUpload(
+                            client,
+                            BUCKET,
+                            KEYS.key(member),
+                            _metadata(found.site, remote, ingest_id),
+                            part_size_for(declared[member].size),
+                            uploaded,
+                        )
+                        uploads.append(upload)
+                        writers[member] = _Member(member, upload, decompressed, limits)
+                    log.info("Streaming %s from %s", " and ".join(members), remote.name)
+                    # Returns once every byte arrived and the published checksum matched.
+                    archive.stream(archive_bytes, header, writers)
+                finally:
+                    for writer in writers.values():
+                        writer.stream.close()  # no validator process outlives the stream
+                archive_bytes.close()
                 for member, writer in writers.items():
                     assert writer.file is not None  # closed by archive.stream
                     staged[member] = publish.Staged(writer.upload, writer.file, remote)
@@ -268,11 +257,8 @@ def ingest(site: str, source_base_url: str, aws_conn_id: str, ingest_id: str) ->
         publish.recover(client, KEYS)
     uploads: list[MultipartUpload] = []
     try:
-        with (
-            tempfile.TemporaryDirectory(prefix="stackexchange-ingest-") as tmp,
-            s3.explained(aws_conn_id, BUCKET, "uploading"),
-        ):
-            staged = _stage(client, found, ingest_id, Path(tmp), uploads)
+        with s3.explained(aws_conn_id, BUCKET, "uploading"):
+            staged = _stage(client, found, ingest_id, uploads)
     except BaseException:
         for upload in uploads:
             upload.abort()

@@ -54,12 +54,14 @@ class DownloadPolicy:
 
 @dataclass(frozen=True)
 class Limits:
-    """Bounds checked against the 7z header before anything is decompressed."""
+    """Bounds on what an archive may declare (checked against its header before anything is
+    decompressed) and on the rows the validator reads."""
 
     # Real dumps expand 5-15x (XML under LZMA2); an archive declaring far more is a bomb.
     max_expansion_ratio: float = 100.0
-    # Kept free on the scratch disk beyond the archive itself.
-    disk_margin_bytes: int = 64 << 20
+    # The longest line (one row) the validator accepts; real rows are at most a few hundred KB
+    # (20 KB in the dumps in ../shared), and expat's cost grows with a row's square.
+    max_row_bytes: int = 16 << 20
 
     @classmethod
     def from_env(cls) -> Limits:
@@ -67,6 +69,7 @@ class Limits:
             max_expansion_ratio=_number(
                 "STACKEXCHANGE_MAX_EXPANSION_RATIO", cls.max_expansion_ratio
             ),
+            max_row_bytes=int(_number("STACKEXCHANGE_MAX_ROW_BYTES", cls.max_row_bytes)),
         )
 
 

@@ -22,6 +22,7 @@ from xml.parsers import expat
 
 import requests
 import tenacity
+import urllib3.exceptions
 
 from stackexchange import url_policy
 from stackexchange.settings import DownloadPolicy, checksums_url_override
@@ -51,6 +52,8 @@ TRANSIENT_ERRORS = (
     requests.ConnectionError,
     requests.Timeout,
     requests.exceptions.ChunkedEncodingError,
+    urllib3.exceptions.ProtocolError,  # a body cut short, read raw (not through requests)
+    urllib3.exceptions.ReadTimeoutError,
     TransientSourceError,
 )
 
@@ -149,12 +152,34 @@ def retrying(
 
 
 def check_status(response: requests.Response, url: str) -> None:
+    """Refuse an error status, and any body that is not sent as is (``identity``): we ask for
+    nothing else, and a compressed body could expand without bound before any check."""
+    encoding = response.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        raise SourceError(
+            f"{url} answered with Content-Encoding {encoding[:40]!a} although only 'identity' "
+            "was accepted; refusing to decode it (a compressed body can expand without bound): "
+            "use a mirror that serves the files as they are"
+        )
     if response.status_code == 404:
         raise SourceNotFound(f"{url} does not exist (HTTP 404)")
     if response.status_code in TRANSIENT_STATUS:
         raise TransientSourceError(f"{url} answered HTTP {response.status_code}")
     if response.status_code >= 400:
         raise SourceError(f"{url} answered HTTP {response.status_code} {response.reason}")
+
+
+def content_length(response: requests.Response, url: str) -> int | None:
+    """The announced size: None when absent; an error when it is not a decimal number."""
+    raw = response.headers.get("Content-Length")
+    if raw is None:
+        return None
+    if not re.fullmatch(r"[0-9]{1,20}", raw.strip()):
+        raise SourceError(
+            f"{url} announced a malformed Content-Length ({raw[:40]!a}); the size must be a "
+            "decimal number: use a mirror that sends a valid one"
+        )
+    return int(raw.strip())
 
 
 def timeout(policy: DownloadPolicy) -> tuple[float, float]:
@@ -179,10 +204,9 @@ def _head(url: str, policy: DownloadPolicy) -> RemoteArchive:
         with url_policy.guarded_session() as session:
             response = session.head(url, allow_redirects=True, timeout=timeout(policy))
         check_status(response, url)
-        length = response.headers.get("Content-Length", "")
         return RemoteArchive(
             url,
-            int(length) if length.isdigit() else None,
+            content_length(response, url),
             response.headers.get("ETag"),
             response.headers.get("Last-Modified"),
         )
@@ -212,7 +236,7 @@ def _read_small(url: str, policy: DownloadPolicy) -> bytes | None:
             if response.status_code in (403, 404, 410):
                 return None
             check_status(response, url)
-            return response.raw.read(_MAX_FILE_LIST_BYTES + 1, decode_content=True)
+            return response.raw.read(_MAX_FILE_LIST_BYTES + 1, decode_content=False)
 
     return retrying(f"GET {url}", policy, get)
 

@@ -9,7 +9,9 @@ way to read the worker's files or to reach, or scan, the cluster's internal netw
 - Every HTTP request, and every redirect hop ``requests`` follows, is checked before a connection
   is made: loopback, private, shared (CGNAT), link-local, unspecified, multicast, reserved and
   cloud-metadata addresses, the same embedded in IPv6 (IPv4-mapped, 6to4, NAT64), and metadata
-  host names are refused unless ``STACKEXCHANGE_ALLOWED_HOSTS`` lists them. Host names are
+  host names are refused unless ``STACKEXCHANGE_ALLOWED_HOSTS`` lists them. A cloud metadata
+  address (in any form) must be listed exactly: a range covering it, or a listed host name
+  resolving to it, does not admit it. Host names are
   resolved and every answer must pass; IPv4 written in decimal, octal, hex or short form is read
   as the address it stands for.
 - A refused destination is refused before any connection, so the error is the same whether or
@@ -112,6 +114,13 @@ class _AllowList:
 
     def covers(self, address: IPAddress) -> bool:
         return any(address in network for network in self.networks)
+
+    def lists_exactly(self, address: IPAddress) -> bool:
+        """Whether ``address`` itself is listed (a single address, not a range covering it)."""
+        return any(
+            network.prefixlen == network.max_prefixlen and network.network_address == address
+            for network in self.networks
+        )
 
 
 def _allow_list() -> _AllowList:
@@ -266,6 +275,8 @@ def _embedded_ipv4(address: IPAddress) -> tuple[ipaddress.IPv4Address, str] | No
         return None
     if address.ipv4_mapped is not None:
         return address.ipv4_mapped, "IPv4-mapped"
+    if 1 < int(address) <= 0xFFFFFFFF:  # ::a.b.c.d (deprecated, but still parsed)
+        return ipaddress.IPv4Address(int(address)), "IPv4-compatible"
     if address.sixtofour is not None:
         return address.sixtofour, "6to4"
     if address in _NAT64:
@@ -273,12 +284,28 @@ def _embedded_ipv4(address: IPAddress) -> tuple[ipaddress.IPv4Address, str] | No
     return None
 
 
+def _metadata_refusal(address: IPAddress, allowed: _AllowList) -> str | None:
+    """Why ``address`` is refused as a cloud metadata address (in any form), or None.
+
+    Listed exactly, it is allowed; a range in ``STACKEXCHANGE_ALLOWED_HOSTS`` (``fd00::/8``,
+    ``::/0``) or a listed host name that resolves to it does not admit it.
+    """
+    embedded = _embedded_ipv4(address)
+    for candidate, form in [(address, None), *([embedded] if embedded else [])]:
+        if candidate in _METADATA_ADDRESSES:
+            if allowed.lists_exactly(address) or allowed.lists_exactly(candidate):
+                return None
+            return "a cloud metadata address" + (f" in {form} form" if form else "")
+    return None
+
+
 def _refusal(address: IPAddress, allowed: _AllowList) -> str | None:
     """Why ``address`` may not be connected to (``a loopback address``), or None if it may."""
+    metadata = _metadata_refusal(address, allowed)
+    if metadata:
+        return metadata
     if allowed.covers(address):
         return None
-    if address in _METADATA_ADDRESSES:
-        return "a cloud metadata address"
     embedded = _embedded_ipv4(address)
     if embedded is not None:
         inner, form = embedded
@@ -324,11 +351,15 @@ def _checked_addresses(what: str, url: str, host: str, port: int) -> list[IPAddr
     addresses = list(dict.fromkeys(ipaddress.ip_address(a[4][0]) for a in answers))
     if not addresses:
         raise socket.gaierror(socket.EAI_NONAME, f"no address for {host}")
-    if host not in allowed.names:
-        for address in addresses:
+    for address in addresses:
+        # A listed name may resolve to private addresses (a mirror inside the cluster), never
+        # to a metadata address that is not itself listed.
+        if host in allowed.names:
+            reason = _metadata_refusal(address, allowed)
+        else:
             reason = _refusal(address, allowed)
-            if reason:  # the address itself is not shown: it would map the internal network
-                raise _refuse(what, url, f"{host} resolves to {reason}", _ALLOW_FIX)
+        if reason:  # the address itself is not shown: it would map the internal network
+            raise _refuse(what, url, f"{host} resolves to {reason}", _ALLOW_FIX)
     return addresses
 
 
@@ -496,6 +527,9 @@ def guarded_session() -> requests.Session:
     policy's message rather than requests' "no connection adapter".
     """
     session = requests.Session()
+    # Bodies as they are: a compressed one could expand without bound before any size check
+    # (responses that are compressed anyway are refused by ``source.check_status``).
+    session.headers["Accept-Encoding"] = "identity"
     adapter = _GuardedAdapter()
     for prefix in ("https://", "http://", ""):
         session.mount(prefix, adapter)
