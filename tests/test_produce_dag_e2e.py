@@ -52,8 +52,7 @@ class Mirror:
         """Downloads of the archive: GETs of its whole body from byte 0 (not the Range reads of
         the 7z headers, its first 32 bytes and its end, which the ingest makes first)."""
         return sum(
-            r.headers.get("Range", "bytes=0-") == "bytes=0-"
-            for r in self.server.gets(f"{site}.7z")
+            r.headers.get("Range", "bytes=0-") == "bytes=0-" for r in self.server.gets(f"{site}.7z")
         )
 
 
