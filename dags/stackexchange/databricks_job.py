@@ -60,12 +60,8 @@ def _checked(asset: Asset, extra: dict[str, Any], storage: Storage, member: str)
         )
     site_prefix = f"s3://{storage.bucket}/{storage.prefix}/{extra['site']}/"
     uri = str(extra["uri"])
-    generation = uri.removeprefix(site_prefix).removesuffix(f"/{member}")
-    if (
-        not (uri.startswith(site_prefix) and uri.endswith(f"/{member}"))
-        or not generation
-        or ("/" in generation)
-    ):
+    parts = uri.removeprefix(site_prefix).split("/") if uri.startswith(site_prefix) else []
+    if len(parts) != 2 or not parts[0] or parts[1] != member:  # <generation>/<member>
         raise AirflowFailException(
             f"Asset event of {asset.name} announces {uri!r}, which is not a {member} of site "
             f"{extra['site']!r} under {site_prefix!r}: refusing to process an object the asset "
