@@ -62,6 +62,7 @@ bench: setup java ## Print performance figures (ingest, Databricks job, local st
 	$(BIN)/python -m benchmarks.ingest --scale 4
 	$(BIN)/python -m benchmarks.databricks_job
 	$(BIN)/python -m benchmarks.local_stack
+	$(BIN)/python -m benchmarks.sites
 
 constraints: $(BIN)/python ## Regenerate constraints.txt (Airflow's release-time set + our pins)
 	{ sed -n '1,4p' constraints.txt; \

@@ -1,19 +1,20 @@
 """
-### Databricks medallion job
+### Databricks medallion job, one run per site
 
 Runs when **both** raw assets (`stackexchange_raw_posts`, `stackexchange_raw_users`) have new
-events, on exactly the objects those events announce.
+events, on exactly the objects those events announce, site by site.
 
-1. **check_announced_objects**: refuse an event whose `uri` is not its asset's URI, then HEAD
-   both objects through `aws_conn`. If a newer ingest replaced either since its event (ETag or
-   VersionId changed), the run is skipped: that ingest's own events trigger a run, so a mixed
-   pair is never processed.
-2. **run_medallion_job**: start the Databricks job `stackexchange_medallion` (or
-   `DATABRICKS_JOB_ID`) on connection `databricks_conn` with the objects' identity from the
-   events (URI, ETag, VersionId, size, LastModified, sha256) and the site, and wait for it in
-   the triggerer (deferrable). Any run that does not succeed fails the task; the log shows the
-   run page URL and each failed Databricks task's error. Retries start a new job run; the job
-   is idempotent (bronze is replaced, silver upserted by `PostId`).
+1. **check_announced_objects**: group the triggering events by their `site`; per site, the
+   newest ingest that announced both files. Refuse an event whose `uri` is not an object of its
+   own site under this deployment's bucket and prefix. A site whose manifest names a newer pair
+   since is left out (that ingest's own events trigger a run); if none is left, the run skips.
+2. **run_medallion_job**, mapped, one task instance per site named by it: start the Databricks
+   job `stackexchange_medallion` (or `DATABRICKS_JOB_ID`) on connection `databricks_conn` with
+   that site's objects' identity (URI, ETag, VersionId, size, LastModified, sha256) and the site,
+   and wait in the triggerer (deferrable). A run that does not succeed fails that site's task
+   only; the log shows the run page URL and each failed Databricks task's error. Retries start a
+   new job run; the job is idempotent per site (bronze and gold replace the site's rows, silver
+   upserts by `(site, PostId)`).
 """
 
 from __future__ import annotations
@@ -22,15 +23,19 @@ from datetime import timedelta
 
 from airflow.sdk import dag, get_current_context, task
 
-from stackexchange.assets import RAW_POSTS, RAW_USERS
+from stackexchange.assets import POSTS, USERS, raw_assets
 from stackexchange.databricks_job import CONN_ID, job_lookup
 from stackexchange.databricks_operator import RunJobOnAssetEventsOperator
-from stackexchange.settings import AWS_CONN_ID
+from stackexchange.settings import AWS_CONN_ID, Storage
+
+# Read once, at parse time: the Asset URIs, and what the events must name.
+STORAGE = Storage.from_env()
+RAW = raw_assets(STORAGE)
 
 
 @dag(
     dag_id="trigger_databricks_workflow_dag",
-    schedule=RAW_POSTS & RAW_USERS,
+    schedule=RAW[POSTS] & RAW[USERS],
     catchup=False,
     max_active_runs=1,
     doc_md=__doc__,
@@ -43,22 +48,24 @@ from stackexchange.settings import AWS_CONN_ID
 )
 def trigger_databricks_workflow_dag() -> None:
     @task(execution_timeout=timedelta(minutes=5))
-    def check_announced_objects() -> None:
-        """Fail on a foreign event; skip the run if a newer ingest replaced an object."""
-        from stackexchange.databricks_job import ensure_still_published, job_parameters
+    def check_announced_objects() -> list[dict[str, str]]:
+        """Per site, the job parameters of its newest announced pair that is still current."""
+        from stackexchange.databricks_job import job_parameters, still_published
 
         events = get_current_context()["triggering_asset_events"]
-        ensure_still_published(job_parameters(events), AWS_CONN_ID)
+        return [dict(p) for p in still_published(job_parameters(events, STORAGE), AWS_CONN_ID,
+                                                 STORAGE)]  # fmt: skip
 
-    check_announced_objects() >> RunJobOnAssetEventsOperator(
+    RunJobOnAssetEventsOperator.partial(
         task_id="run_medallion_job",
         databricks_conn_id=CONN_ID,
         **job_lookup(),
         deferrable=True,
         polling_period_seconds=30,
+        map_index_template="{{ site }}",
         # The job itself times out after 2 h (timeout_seconds in the bundle); wait a bit longer.
         execution_timeout=timedelta(hours=2, minutes=15),
-    )
+    ).expand(job_parameters=check_announced_objects())
 
 
 trigger_databricks_workflow_dag()

@@ -11,6 +11,7 @@ Usage: ``python -m local.sample_dump OUT.7z --posts 5000 --users 500 [--tag-styl
 from __future__ import annotations
 
 import argparse
+import hashlib
 import random
 import shutil
 import subprocess
@@ -257,6 +258,26 @@ def build_dump(archive: Path, **site_options: object) -> Path:
         return pack_7z(write_site(workdir, **site_options), archive)  # type: ignore[arg-type]
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def write_file_list(item: Path) -> Path:
+    """archive.org's ``{item}_files.xml`` for every ``.7z`` in ``item``, with each one's sha1."""
+    entries = "".join(
+        f'<file name="{archive.name}" source="original"><size>{archive.stat().st_size}</size>'
+        f"<sha1>{hashlib.sha1(archive.read_bytes()).hexdigest()}</sha1></file>"
+        for archive in sorted(item.glob("*.7z"))
+    )
+    listing = item / f"{item.name}_files.xml"
+    listing.write_text(f"<files>{entries}</files>")
+    return listing
+
+
+def build_mirror(item: Path, sites: dict[str, dict[str, object]]) -> Path:
+    """A mirror folder like archive.org's ``stackexchange`` item: ``{site}.7z`` per site (options
+    as for ``write_site``) and the file list naming them; returns the file list."""
+    for site, options in sites.items():
+        build_dump(item / f"{site}.7z", **options)
+    return write_file_list(item)
 
 
 def main(argv: list[str] | None = None) -> None:

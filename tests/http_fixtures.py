@@ -193,12 +193,19 @@ class DumpServer(_LocalServer):
 
 class S3FaultProxy(_LocalServer):
     """Forwards every request to ``upstream`` except those ``deny(method, path)`` picks,
-    which get S3's 403 AccessDenied."""
+    which get S3's 403 AccessDenied. Requests ``lose_reply(method, path)`` picks reach S3, but
+    their reply is lost: the client gets a 500 instead (and retries)."""
 
-    def __init__(self, upstream: str, deny: Callable[[str, str], bool]) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        deny: Callable[[str, str], bool] = lambda method, path: False,
+        lose_reply: Callable[[str, str], bool] = lambda method, path: False,
+    ) -> None:
         self.upstream = urllib.parse.urlsplit(upstream)
-        self.deny = deny
+        self.deny, self.lose_reply = deny, lose_reply
         self.denied: list[str] = []
+        self.lost: list[str] = []
         self._serve(self._handler())
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
@@ -232,6 +239,15 @@ class S3FaultProxy(_LocalServer):
                 upstream.request(self.command, self.path, body=body, headers=headers)
                 response = upstream.getresponse()
                 data = response.read()
+                if proxy.lose_reply(self.command, self.path):
+                    proxy.lost.append(f"{self.command} {self.path}")
+                    upstream.close()
+                    error = b"<Error><Code>InternalError</Code><Message>lost</Message></Error>"
+                    self.send_response(500)
+                    self.send_header("Content-Length", str(len(error)))
+                    self.end_headers()
+                    self.wfile.write(error)
+                    return
                 self.send_response(response.status)
                 skip = {"connection", "transfer-encoding"}
                 if self.command != "HEAD":

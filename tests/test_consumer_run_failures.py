@@ -28,20 +28,23 @@ SITE = "ai.meta.stackexchange.com"
 TERMINAL = ("TERMINATED", "SKIPPED", "INTERNAL_ERROR")
 
 
-def _context() -> dict:
-    """What the operator reads from the task context: the triggering asset events."""
+def _parameters() -> dict[str, str]:
+    """One site's job parameters, as the consumer's check task gives them to the operator."""
     from airflow.sdk.api.datamodels._generated import AssetReferenceAssetEventDagRun
     from airflow.sdk.execution_time.comms import AssetEventDagRunReferenceResult
     from airflow.sdk.execution_time.context import TriggeringAssetEventsAccessor
 
-    from stackexchange.assets import RAW_POSTS, RAW_USERS
+    from stackexchange.assets import raw_assets
+    from stackexchange.databricks_job import job_parameters
+    from stackexchange.settings import Storage
 
+    storage = Storage()
     now = datetime.now(UTC)
     events = TriggeringAssetEventsAccessor.build(
         AssetEventDagRunReferenceResult(
             asset=AssetReferenceAssetEventDagRun(name=asset.name, uri=asset.uri, extra={}),
             extra={
-                "uri": asset.uri,
+                "uri": f"s3://{storage.bucket}/{storage.prefix}/{SITE}/g1/{member}",
                 "site": SITE,
                 "bytes": 10,
                 "rows": 1,
@@ -55,19 +58,23 @@ def _context() -> dict:
             source_aliases=[],
             timestamp=now,
         )
-        for asset in (RAW_POSTS, RAW_USERS)
+        for member, asset in raw_assets(storage).items()
     )
-    return {"triggering_asset_events": events}
+    (parameters,) = job_parameters(events, storage)
+    return parameters
+
+
+def _context() -> dict:
+    """The task context the operator writes its map index name into."""
+    return {}
 
 
 @pytest.fixture
 def standin(serve_jobs, monkeypatch: pytest.MonkeyPatch):
     """``start(phase_seconds, queue_enabled)``: the bundle's job (declaring every parameter the
     DAG sends) on an in-process stand-in that ``databricks_conn`` points at."""
-    from stackexchange.databricks_job import job_parameters
-
     (bundle_job,) = load_jobs()
-    sent = dict.fromkeys(job_parameters(_context()["triggering_asset_events"]), "")
+    sent = dict.fromkeys(_parameters(), "")
 
     def start(phase_seconds: float = 0.0, **job_changes) -> tuple[ServedJobs, ScriptedTasks]:
         job = dataclasses.replace(
@@ -93,6 +100,7 @@ def _operator(operator_class=None, **kwargs):
         "polling_period_seconds": 0.05,
         "databricks_retry_limit": 1,
         "do_xcom_push": False,  # no task instance outside a DAG run
+        "job_parameters": _parameters(),
     }
     return (operator_class or RunJobOnAssetEventsOperator)(**{**defaults, **kwargs})
 

@@ -139,9 +139,11 @@ def test_producer_schedule_params_and_backoff(dagbag) -> None:
     assert dag.timetable.summary == "0 0 * * *" and dag.catchup is False  # @daily
     params = dag.params.validate()
     assert params == {
-        "site": "ai.meta.stackexchange.com",
+        "sites": ["ai.meta.stackexchange.com"],
+        "include_meta": False,
         "source_base_url": "https://archive.org/download/stackexchange",
         "force": False,
+        "dry_run": False,
     }
     for name in params:  # the trigger form needs a type and a description for each
         param = dag.params.get_param(name)

@@ -102,7 +102,7 @@ def test_runs_the_job_on_s3_inputs_and_reports_states(
 
     posts = read_table(databricks_standin.warehouse, "silver_posts", schema="s3_test")
     assert posts.num_rows == 300
-    assert set(posts.column("_site").to_pylist()) == {"s3.example"}
+    assert set(posts.column("site").to_pylist()) == {"s3.example"}
     # The notebook saw (and recorded) the S3 URI; only Spark's read went to the local copy.
     bronze = read_table(databricks_standin.warehouse, "bronze_users", schema="s3_test")
     assert set(bronze.column("_source_uri").to_pylist()) == {s3_dump["users_uri"]}

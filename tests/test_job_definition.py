@@ -91,21 +91,25 @@ def test_the_job_declares_every_parameter_the_dag_sends(job: Job) -> None:
     from airflow.sdk.execution_time.comms import AssetEventDagRunReferenceResult
     from airflow.sdk.execution_time.context import TriggeringAssetEventsAccessor
 
-    from stackexchange.assets import RAW_POSTS, RAW_USERS
+    from stackexchange.assets import raw_assets
     from stackexchange.databricks_job import job_parameters
+    from stackexchange.settings import Storage
+
+    storage = Storage()
 
     extra = {"site": "s", "sha256": "a" * 64, "etag": "e", "version_id": "v", "bytes": 8,
              "last_modified": "2026-12-01T21:30:12+00:00"}  # fmt: skip
     events = TriggeringAssetEventsAccessor.build(
         AssetEventDagRunReferenceResult(
             asset=AssetReferenceAssetEventDagRun(name=asset.name, uri=asset.uri, extra={}),
-            extra={**extra, "uri": asset.uri},
+            extra={**extra, "uri": f"s3://{storage.bucket}/{storage.prefix}/s/g/{member}"},
             source_aliases=[],
             timestamp=datetime.now(UTC),
         )
-        for asset in (RAW_POSTS, RAW_USERS)
+        for member, asset in raw_assets(storage).items()
     )
-    assert job_parameters(events).keys() | {"catalog", "schema"} == job.parameters.keys()
+    (parameters,) = job_parameters(events, storage)
+    assert parameters.keys() | {"catalog", "schema"} == job.parameters.keys()
 
 
 def test_job_name_is_what_the_dag_looks_up(job: Job, monkeypatch: pytest.MonkeyPatch) -> None:

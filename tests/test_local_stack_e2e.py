@@ -25,7 +25,8 @@ from local import services
 from local.databricks_standin import read_table
 from local.services import s3_client
 from local.stack import processes
-from stackexchange.assets import RAW_POSTS, RAW_USERS
+from stackexchange.assets import raw_assets
+from stackexchange.settings import Storage
 from tests import stack_harness
 from tests.stack_harness import RunningStack
 
@@ -99,7 +100,11 @@ def test_both_dag_runs_succeeded(local_stack: RunningStack) -> None:
     producer = api.dag_run(PRODUCER, info.producer_run_id)
     consumer = api.dag_run(CONSUMER, info.consumer_run_id)
     assert producer["state"] == "success"
-    assert producer["conf"] == {"source_base_url": info.files_url, "site": info.site, "force": True}
+    assert producer["conf"] == {
+        "source_base_url": info.files_url,
+        "sites": [info.site],
+        "force": True,
+    }
     assert consumer["state"] == "success"
     assert consumer["run_type"] == "asset_triggered"
 
@@ -110,20 +115,21 @@ def test_two_asset_events_carry_the_published_objects(
     info = local_stack.info
     events = local_stack.api().asset_events(PRODUCER, info.producer_run_id)
     by_uri = {event["uri"]: event for event in events}
-    assert len(events) == 2 and set(by_uri) == {RAW_POSTS.uri, RAW_USERS.uri}
+    raw = raw_assets(Storage())
+    assert len(events) == 2 and set(by_uri) == {asset.uri for asset in raw.values()}
     s3 = s3_client(info.s3_endpoint)
-    for asset, name in ((RAW_POSTS, "Posts.xml"), (RAW_USERS, "Users.xml")):
+    for name, asset in raw.items():
         event = by_uri[asset.uri]
         extra = event["extra"]
         assert set(extra) >= EXTRA_KEYS, f"missing {EXTRA_KEYS - set(extra)}"
-        assert extra["uri"] == asset.uri
+        assert extra["uri"].endswith(f"/{info.site}/{extra['generation']}/{name}")
         assert extra["site"] == info.site
         assert extra["source_url"] == f"{info.files_url}/{info.site}.7z"
         assert extra["source_version"]
         assert extra["rows"] == len(dump[name].rows)
         assert extra["bytes"] == dump[name].size
         assert extra["sha256"] == dump[name].sha256
-        bucket, key = asset.uri.removeprefix("s3://").split("/", 1)
+        bucket, key = extra["uri"].removeprefix("s3://").split("/", 1)
         stored = s3.get_object(Bucket=bucket, Key=key)
         assert hashlib.sha256(stored["Body"].read()).hexdigest() == dump[name].sha256
         assert extra["etag"] == stored["ETag"].strip('"')
@@ -137,7 +143,7 @@ def test_a_second_run_of_the_same_dump_skips(local_stack: RunningStack) -> None:
     """check_source asks the real API server whether the run that wrote the pair succeeded;
     it did, so the pair counts as published: no download, no asset event."""
     api, info = local_stack.api(), local_stack.info
-    run_id = api.trigger(PRODUCER, {"source_base_url": info.files_url, "site": info.site})[
+    run_id = api.trigger(PRODUCER, {"source_base_url": info.files_url, "sites": [info.site]})[
         "dag_run_id"]  # fmt: skip
     processes.wait_for(
         f"{PRODUCER} run {run_id} to finish",
@@ -145,7 +151,7 @@ def test_a_second_run_of_the_same_dump_skips(local_stack: RunningStack) -> None:
         timeout=180,
     )
     states = {ti["task_id"]: ti["state"] for ti in api.task_instances(PRODUCER, run_id)}
-    assert states == {"check_source": "success", "ingest": "skipped"}
+    assert states == {"choose_sites": "success", "check_source": "skipped", "ingest": "skipped"}
     assert api.asset_events(PRODUCER, run_id) == []
 
 
@@ -168,8 +174,9 @@ def test_standin_ran_the_job_on_exactly_the_published_uris(
     local_stack: RunningStack, dump: dict[str, DumpFile]
 ) -> None:
     parameters = _job_parameters(local_stack)
-    assert parameters["posts_uri"] == RAW_POSTS.uri
-    assert parameters["users_uri"] == RAW_USERS.uri
+    events = local_stack.api().asset_events(PRODUCER, local_stack.info.producer_run_id)
+    announced = {event["extra"]["uri"] for event in events}
+    assert {parameters["posts_uri"], parameters["users_uri"]} == announced
     assert parameters["site"] == local_stack.info.site
     assert parameters["posts_sha256"] == dump["Posts.xml"].sha256
     assert parameters["users_sha256"] == dump["Users.xml"].sha256

@@ -82,7 +82,7 @@ def test_ingestion_metadata(spark: SparkSession) -> None:
     )
     row = df.collect()[0].asDict()
     assert df.columns == ["Id", *bronze.METADATA_COLUMNS]
-    assert row["_site"] == "s.example" and row["_source_uri"] == "s3://b/k/Posts.xml"
+    assert row["site"] == "s.example" and row["_source_uri"] == "s3://b/k/Posts.xml"
     assert row["_source_sha256"] == "ab" * 32
     assert row["_source_etag"] == "9b2cf535f27731c974343645a3985328-3"
     assert row["_source_version_id"] == "v7"

@@ -15,22 +15,35 @@ from deltalake import DeltaTable, write_deltalake
 from pyspark.sql import SparkSession
 
 from medallion import tables
-from medallion.silver import HASH_COLUMN, KEY
+from medallion.silver import HASH_COLUMN, KEY, KEYS
 
 TABLE = tables.Table("main", "stack`exchange", "silver_posts")  # a backtick must stay quoted
-SPEC = tables.Upsert(KEY, HASH_COLUMN)
-SCHEMA = pa.schema([(KEY, pa.int64()), (HASH_COLUMN, pa.string()), ("Title", pa.string())])
+SPEC = tables.Upsert(KEYS, HASH_COLUMN, "a.example")
+SCHEMA = pa.schema(
+    [("site", pa.string()), (KEY, pa.int64()), (HASH_COLUMN, pa.string()), ("Title", pa.string())]
+)
 
-# Post 1 is not in the batch, 2 changed, 3 unchanged (same hash; its Title differs only to show
-# whether the row was rewritten), 4 is new.
-CURRENT = [(1, "h1", "one"), (2, "h2", "two"), (3, "h3", "three")]
-BATCH = [(2, "h2-edited", "two, edited"), (3, "h3", "three, not rewritten"), (4, "h4", "four")]
-EXPECTED = [
-    (1, "h1", "one"),
-    (2, "h2-edited", "two, edited"),
-    (3, "h3", "three"),
-    (4, "h4", "four"),
+# Site a: post 1 is not in the batch, 2 changed, 3 unchanged (same hash; its Title differs only
+# to show whether the row was rewritten), 4 is new. Site b has posts 2 and 4 too: untouched.
+OTHER_SITE = [("b.example", 2, "h2", "b two"), ("b.example", 4, "hb4", "b four")]
+CURRENT = [
+    ("a.example", 1, "h1", "one"),
+    ("a.example", 2, "h2", "two"),
+    ("a.example", 3, "h3", "three"),
+    *OTHER_SITE,
 ]
+BATCH = [
+    ("a.example", 2, "h2-edited", "two, edited"),
+    ("a.example", 3, "h3", "three, not rewritten"),
+    ("a.example", 4, "h4", "four"),
+]
+EXPECTED = sorted([
+    ("a.example", 1, "h1", "one"),
+    ("a.example", 2, "h2-edited", "two, edited"),
+    ("a.example", 3, "h3", "three"),
+    ("a.example", 4, "h4", "four"),
+    *OTHER_SITE,
+])  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +70,9 @@ def test_merge_statement_upserts_by_key_only_on_change(parser) -> None:
         ["batch_1"],
     )
     assert plan.mergeCondition().sql() == parser.parseExpression(SPEC.condition).sql()
-    assert plan.mergeCondition().sql() == "(t.PostId = s.PostId)"
+    assert plan.mergeCondition().sql() == (
+        "(((t.site = 'a.example') AND (t.site = s.site)) AND (t.PostId = s.PostId))"
+    )
 
     (matched,) = [plan.matchedActions().apply(i) for i in range(plan.matchedActions().size())]
     assert matched.getClass().getSimpleName() == "UpdateStarAction"
@@ -71,17 +86,28 @@ def test_merge_statement_upserts_by_key_only_on_change(parser) -> None:
     assert plan.notMatchedBySourceActions().size() == 0  # rows the batch lacks are kept
 
 
-def test_replace_statement_is_one_delta_create_or_replace(parser) -> None:
-    plan = parser.parsePlan(tables.replace_sql(TABLE, "batch_2"))
+def test_create_statement_makes_an_empty_clustered_table_only_if_missing(parser) -> None:
+    plan = parser.parsePlan(tables.create_sql(TABLE, "batch_2"))
 
-    assert plan.getClass().getSimpleName() == "ReplaceTableAsSelect"
+    assert plan.getClass().getSimpleName() == "CreateTableAsSelect"
     assert _parts(plan.name().nameParts()) == ["main", "stack`exchange", "silver_posts"]
     assert plan.tableSpec().provider().get().lower() == "delta"
-    assert plan.orCreate()
+    assert plan.ignoreIfExists()
+    clustering = plan.partitioning().mkString()
+    assert "cluster_by" in clustering and "site" in clustering
     query = plan.query()
     assert query.getClass().getSimpleName() == "Project"
-    assert query.projectList().mkString() == "*"
-    assert _parts(query.child().multipartIdentifier()) == ["batch_2"]
+    assert query.child().getClass().getSimpleName() == "Filter"
+    assert query.child().condition().sql() == "false"  # created empty, filled by the replace
+
+
+def test_replace_statement_replaces_only_the_sites_rows(parser) -> None:
+    plan = parser.parsePlan(tables.replace_site_sql(TABLE, "batch_3", "o'brien.example"))
+
+    assert plan.getClass().getSimpleName() == "OverwriteByExpression"
+    assert _parts(plan.table().multipartIdentifier()) == ["main", "stack`exchange", "silver_posts"]
+    assert plan.deleteExpr().sql() == "(site = 'o\\'brien.example')"
+    assert _parts(plan.query().child().multipartIdentifier()) == ["batch_3"]
 
 
 def test_schema_statement_creates_only_if_missing(parser) -> None:
@@ -119,6 +145,7 @@ def _merge(path: Path, batch: list[tuple]) -> dict:
 def test_merge_spec_on_a_delta_table_inserts_updates_and_reruns_as_a_no_op(
     tmp_path: Path,
 ) -> None:
+    """Only site a's rows change; site b's posts with the same ids are not matched."""
     path = tmp_path / "silver_posts"
     write_deltalake(path, _arrow(CURRENT))
 
@@ -131,13 +158,25 @@ def test_merge_spec_on_a_delta_table_inserts_updates_and_reruns_as_a_no_op(
     assert _rows(DeltaTable(path).to_pyarrow_table()) == EXPECTED
 
 
+def test_replace_where_on_a_delta_table_keeps_the_other_sites(tmp_path: Path) -> None:
+    """What INSERT ... REPLACE WHERE site = ... does, on a real Delta table."""
+    path = tmp_path / "bronze"
+    write_deltalake(path, _arrow(CURRENT))
+    fresh = [("a.example", 9, "h9", "nine")]
+    write_deltalake(path, _arrow(fresh), mode="overwrite", predicate="site = 'a.example'")
+    assert _rows(DeltaTable(path).to_pyarrow_table()) == sorted([*fresh, *OTHER_SITE])
+
+
 def test_local_branch_upserts_exactly_as_the_delta_merge(
     spark: SparkSession, request: pytest.FixtureRequest
 ) -> None:
     table = tables.Table("main", "t_upsert", request.node.name[:40])
-    frame = f"{KEY} long, {HASH_COLUMN} string, Title string"
-    tables.overwrite(spark.createDataFrame(CURRENT, frame), table)
+    frame = f"site string, {KEY} long, {HASH_COLUMN} string, Title string"
+    for site in ("a.example", "b.example"):
+        rows = [row for row in CURRENT if row[0] == site]
+        tables.replace_site(spark.createDataFrame(rows, frame), table, site)
 
     for _ in range(2):  # the second run is a no-op
-        tables.upsert(spark.createDataFrame(BATCH, frame), table, key=KEY, hash_column=HASH_COLUMN)
+        tables.upsert(spark.createDataFrame(BATCH, frame), table, keys=KEYS,
+                      hash_column=HASH_COLUMN, site="a.example")  # fmt: skip
         assert sorted(tuple(r) for r in tables.read(spark, table).collect()) == EXPECTED

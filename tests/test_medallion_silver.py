@@ -1,4 +1,5 @@
-"""Silver posts: tags, post type names, PostId, one row per post, incremental upsert."""
+"""Silver posts: tags, post type names, (site, PostId), one row per post, incremental upsert
+per site, several sites side by side."""
 
 from __future__ import annotations
 
@@ -13,13 +14,13 @@ from medallion import silver, tables
 BRONZE_POSTS = (
     "Id long, PostTypeId int, Score int, Tags string, CreationDate timestamp, "
     "LastActivityDate timestamp, LastEditDate timestamp, OwnerUserId long, "
-    "_site string, _ingested_at timestamp"
+    "site string, _ingested_at timestamp"
 )
 T0, T1, T2 = datetime(2024, 1, 1), datetime(2024, 2, 1), datetime(2024, 3, 1)
 
 
-def _bronze(spark: SparkSession, *rows: tuple) -> DataFrame:
-    full = [(*row, *([None] * (8 - len(row))), "site.example", T2) for row in rows]
+def _bronze(spark: SparkSession, *rows: tuple, site: str = "site.example") -> DataFrame:
+    full = [(*row, *([None] * (8 - len(row))), site, T2) for row in rows]
     return spark.createDataFrame(full, BRONZE_POSTS)
 
 
@@ -64,10 +65,13 @@ def test_prepare_upsert_keeps_latest_version_of_duplicate_ids(spark: SparkSessio
     assert len(rows[1][silver.HASH_COLUMN]) == 64
 
 
-def _upsert(spark: SparkSession, table: tables.Table, *rows: tuple) -> dict[int, dict]:
-    batch = silver.prepare_upsert(_bronze(spark, *rows))
-    tables.upsert(batch, table, key=silver.KEY, hash_column=silver.HASH_COLUMN)
-    return {r["PostId"]: r.asDict() for r in tables.read(spark, table).collect()}
+def _upsert(
+    spark: SparkSession, table: tables.Table, *rows: tuple, site: str = "site.example"
+) -> dict[int, dict]:
+    """Upsert ``rows`` of ``site``; the site's rows of the table afterwards, by PostId."""
+    batch = silver.prepare_upsert(_bronze(spark, *rows, site=site))
+    tables.upsert(batch, table, keys=silver.KEYS, hash_column=silver.HASH_COLUMN, site=site)
+    return {r["PostId"]: r.asDict() for r in tables.read(spark, table, site).collect()}
 
 
 def test_upsert_inserts_updates_edits_and_is_idempotent(
@@ -97,8 +101,35 @@ def test_upsert_creates_the_table_on_first_run(
     assert sorted(_upsert(spark, table, (5, 1, 0, "|x|"))) == [5]
 
 
-def test_a_table_of_one_site_refuses_another(spark: SparkSession) -> None:
-    df = spark.createDataFrame([("a",), ("b",), ("a",), ("c",)], "_site string")
-    with pytest.raises(ValueError, match=r"holds site\(s\) \['b', 'c'\], this run is for 'a'"):
-        silver.ensure_same_site(df, "a")
-    silver.ensure_same_site(df.where("_site = 'a'"), "a")
+def test_two_sites_side_by_side_never_touch_each_others_rows(
+    spark: SparkSession, request: pytest.FixtureRequest
+) -> None:
+    """PostId 1 exists in both sites; upserting and re-running one site leaves the other's rows
+    exactly as they were (files included: the other site's directory is not rewritten)."""
+    table = tables.Table("main", f"t_{request.node.name[:40]}", "silver_posts")
+    a = _upsert(spark, table, (1, 1, 1, "<a>", T0, T0), (2, 1, 2, "<b>", T0, T0), site="a.example")
+    b = _upsert(spark, table, (1, 1, 50, "<z>", T0, T0), site="b.example")
+    assert (a[1]["Score"], b[1]["Score"]) == (1, 50)
+    b_files = sorted(p.name for p in (table.local_path(spark) / "b.example").iterdir())
+
+    edited = _upsert(spark, table, (1, 1, 9, "<a><c>", T0, T1), site="a.example")
+    assert (edited[1]["Score"], sorted(edited)) == (9, [1, 2])
+    assert _upsert(spark, table, (1, 1, 9, "<a><c>", T0, T1), site="a.example") == edited
+    assert {r["PostId"]: r.asDict() for r in tables.read(spark, table, "b.example").collect()} == b
+    assert sorted(p.name for p in (table.local_path(spark) / "b.example").iterdir()) == b_files
+    everything = tables.read(spark, table).collect()
+    assert sorted((r["site"], r["PostId"]) for r in everything) == [
+        ("a.example", 1), ("a.example", 2), ("b.example", 1),
+    ]  # fmt: skip
+
+
+def test_a_batch_holding_another_sites_row_is_refused(
+    spark: SparkSession, request: pytest.FixtureRequest
+) -> None:
+    table = tables.Table("main", f"t_{request.node.name[:40]}", "silver_posts")
+    _upsert(spark, table, (1, 1, 1, "<a>", T0, T0), site="a.example")
+    stray = silver.prepare_upsert(_bronze(spark, (3, 1, 1, "<a>", T0, T0), site="b.example"))
+    with pytest.raises(Exception, match="a row of another site than a.example"):
+        tables.upsert(stray, table, keys=silver.KEYS, hash_column=silver.HASH_COLUMN,
+                      site="a.example")  # fmt: skip
+    assert sorted(_upsert(spark, table, site="a.example")) == [1]

@@ -3,7 +3,8 @@
 ``dag.test()`` runs the tasks in-process and the trigger inline (Airflow 3.0.2). It creates a
 manual run; a scheduler would attach the asset events that triggered the run, so the test
 attaches real ``AssetEvent`` rows (registered through Airflow's AssetManager) to that run. The
-objects the events announce are written to moto's S3 server, which the stand-in reads too.
+pairs the events announce are written to moto's S3 server as the producer writes them (a
+generation per ingest, the site's manifest naming it), which the stand-in reads too.
 """
 
 from __future__ import annotations
@@ -22,16 +23,29 @@ import pytest
 from local import services
 from local.sample_dump import write_site
 from local.services import s3_client
+from stackexchange.assets import POSTS, USERS, raw_assets
+from stackexchange.settings import Storage
 from tests.databricks_fixtures import StandIn
 
 DAGS = Path(__file__).resolve().parents[1] / "dags"
 SITE = "conlang.example"
+OTHER = "poetry.example"
+STORAGE = Storage()
+RAW = raw_assets(STORAGE)
+RAW_POSTS, RAW_USERS = RAW[POSTS], RAW[USERS]
 
 
 @pytest.fixture(scope="module")
 def dump(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     directory = tmp_path_factory.mktemp("dump")
     write_site(directory, posts=400, users=60, tag_style="pipe", seed=5, other_files=False)
+    return {"posts": directory / "Posts.xml", "users": directory / "Users.xml"}
+
+
+@pytest.fixture(scope="module")
+def other_dump(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    directory = tmp_path_factory.mktemp("other")
+    write_site(directory, posts=150, users=30, tag_style="angle", seed=9, other_files=False)
     return {"posts": directory / "Posts.xml", "users": directory / "Users.xml"}
 
 
@@ -46,7 +60,7 @@ def databricks_conn(databricks_standin: StandIn, monkeypatch: pytest.MonkeyPatch
 
 def _put(s3, uri: str, body: bytes) -> dict[str, str]:
     """Write ``body`` at ``uri``; the object's ETag (unquoted), VersionId and LastModified, as
-    the producer announces them (read back with a HEAD after the write)."""
+    the producer announces them."""
     bucket, key = urlsplit(uri).netloc, urlsplit(uri).path.lstrip("/")
     s3.put_object(Bucket=bucket, Key=key, Body=body)
     head = s3.head_object(Bucket=bucket, Key=key)
@@ -58,25 +72,35 @@ def _put(s3, uri: str, body: bytes) -> dict[str, str]:
 
 
 @pytest.fixture
-def publish(aws_conn: str) -> Callable[..., dict[str, object]]:
-    """``publish(asset, body)``: write the object at the asset's URI, return its event's extra."""
-    from stackexchange.assets import BUCKET
+def publish(aws_conn: str) -> Callable[..., tuple[dict, dict]]:
+    """``publish(posts, users, site=SITE)``: write a pair as one ingest of ``site`` does (its own
+    generation, then the site's manifest naming it); the two events' extras."""
+    from stackexchange import publish as commit
 
     s3 = s3_client(aws_conn)
-    s3.create_bucket(Bucket=BUCKET)  # idempotent in us-east-1: other tests may have made it
+    s3.create_bucket(Bucket=STORAGE.bucket)  # idempotent in us-east-1: other tests made it
 
-    def publish(asset, body: bytes, site: str = SITE) -> dict[str, object]:
-        return {
-            "uri": asset.uri,
-            "site": site,
-            "bytes": len(body),
-            "rows": body.count(b"<row "),
-            "sha256": hashlib.sha256(body).hexdigest(),
-            **_put(s3, asset.uri, body),
-            "source_url": "file:///dump.7z",
-            "source_version": "test",
-            "ingest_id": uuid.uuid4().hex,
-        }
+    def publish(posts: bytes, users: bytes, site: str = SITE) -> tuple[dict, dict]:
+        keys = commit.SiteKeys(STORAGE.bucket, STORAGE.prefix, site)
+        ingest_id = f"run-{uuid.uuid4().hex}#1"
+        generation = commit.new_generation(ingest_id)
+        extras, objects = [], {}
+        for name, data in ((POSTS, posts), (USERS, users)):
+            uri = keys.uri(keys.key(generation, name))
+            identity = _put(s3, uri, data)
+            extras.append({
+                "uri": uri, "site": site, "bytes": len(data), "rows": data.count(b"<row "),
+                "sha256": hashlib.sha256(data).hexdigest(), **identity,
+                "source_url": "file:///dump.7z", "source_version": "test",
+                "ingest_id": ingest_id, "generation": generation,
+            })  # fmt: skip
+            objects[name] = commit.PublishedObject(
+                name, uri, identity["etag"], identity["version_id"], identity["last_modified"],
+                len(data), 0, extras[-1]["sha256"], "file:///dump.7z", "test", 5 << 20,
+            )  # fmt: skip
+        manifest = commit.Manifest(site, ingest_id, generation, "now", objects)
+        s3.put_object(Bucket=keys.bucket, Key=keys.manifest, Body=manifest.to_json())
+        return extras[0], extras[1]
 
     return publish
 
@@ -84,16 +108,13 @@ def publish(aws_conn: str) -> Callable[..., dict[str, object]]:
 @pytest.fixture
 def published(publish, dump: dict[str, Path]) -> tuple[dict, dict]:
     """The generated dump published as the producer does: the two events' extras."""
-    from stackexchange.assets import RAW_POSTS, RAW_USERS
-
-    return publish(RAW_POSTS, dump["posts"].read_bytes()), publish(
-        RAW_USERS, dump["users"].read_bytes()
-    )
+    return publish(dump["posts"].read_bytes(), dump["users"].read_bytes())
 
 
 @pytest.fixture
 def run_on_events(airflow_db, monkeypatch: pytest.MonkeyPatch) -> Iterator:
-    """Run a DAG with ``dag.test()`` as if the given raw-asset events had triggered it."""
+    """Run a DAG with ``dag.test()`` as if the given raw-asset events had triggered it:
+    ``run(dag, posts_extra, users_extra, ...)``, Posts and Users extras alternating."""
     monkeypatch.setenv("COLUMNS", "400")  # fewer wrapped lines in tracebacks
     from airflow.assets.manager import AssetManager
     from airflow.dag_processing.bundles.manager import DagBundlesManager
@@ -101,17 +122,16 @@ def run_on_events(airflow_db, monkeypatch: pytest.MonkeyPatch) -> Iterator:
     from airflow.models.dagbag import DagBag
     from airflow.utils.session import create_session
 
-    from stackexchange.assets import RAW_POSTS, RAW_USERS
-
-    def run(dag, posts_extra: dict, users_extra: dict):
+    def run(dag, *extras: dict):
         DagBundlesManager().sync_bundles_to_db()
         bag = DagBag(dag_folder="/dev/null", include_examples=False)
         bag.bag_dag(dag)
         bag.sync_to_db("dags-folder", None)
+        assets = [RAW_POSTS, RAW_USERS] * (len(extras) // 2)
         with create_session() as session:
             events = [
                 AssetManager.register_asset_change(asset=asset, extra=extra, session=session)
-                for asset, extra in ((RAW_POSTS, posts_extra), (RAW_USERS, users_extra))
+                for asset, extra in zip(assets, extras, strict=True)
             ]
             event_ids = [event.id for event in events]
         original = dag_module._create_orm_dagrun
@@ -133,9 +153,9 @@ def run_on_events(airflow_db, monkeypatch: pytest.MonkeyPatch) -> Iterator:
     yield run
 
 
-def _dag(**operator_kwargs):
-    """The DAG file's DAG (fast polling, no retries), or just its operator with other arguments
-    (no check of the objects before the job run)."""
+def _dag(parameters: dict[str, str] | None = None, **operator_kwargs):
+    """The DAG file's DAG (fast polling, no retries), or just its operator on ``parameters``
+    with other arguments (no check of the objects before the job run)."""
     from airflow.models.dagbag import DagBag
     from airflow.sdk import DAG
 
@@ -143,22 +163,30 @@ def _dag(**operator_kwargs):
 
     bag = DagBag(str(DAGS / "trigger_databricks_workflow_dag.py"), bundle_path=DAGS)
     dag = bag.dags["trigger_databricks_workflow_dag"]
-    if not operator_kwargs:
+    if parameters is None:
         for task in dag.tasks:
             task.retries = 0
-        dag.get_task("run_medallion_job").polling_period_seconds = 1
+        dag.get_task("run_medallion_job").partial_kwargs["polling_period_seconds"] = 1
         return dag
-    with DAG(dag_id=f"test_consumer_{abs(hash(frozenset(operator_kwargs.items())))}",
-             schedule=dag.timetable.asset_condition) as variant:  # fmt: skip
+    name = abs(hash((frozenset(operator_kwargs.items()), frozenset(parameters.items()))))
+    with DAG(dag_id=f"test_consumer_{name}", schedule=dag.timetable.asset_condition) as variant:
         RunJobOnAssetEventsOperator(
             task_id="run_medallion_job",
             databricks_conn_id="databricks_conn",
             polling_period_seconds=1,
             execution_timeout=timedelta(minutes=5),
+            job_parameters=parameters,
             **operator_kwargs,
         )
     variant.relative_fileloc = Path(__file__).name
     return variant
+
+
+def _parameters_of(posts: dict, users: dict) -> dict[str, str]:
+    from stackexchange.databricks_job import job_parameters
+
+    now = datetime.now(UTC)
+    return job_parameters(_events((RAW_POSTS, posts, now), (RAW_USERS, users, now)), STORAGE)[0]
 
 
 def _log(capfd: pytest.CaptureFixture[str]) -> str:
@@ -167,51 +195,74 @@ def _log(capfd: pytest.CaptureFixture[str]) -> str:
 
 
 def _states(dag_run) -> dict[str, str]:
-    return {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
+    """Task states; a mapped task's instances by their name (the site)."""
+    return {
+        ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.rendered_map_index}]": ti.state
+        for ti in dag_run.get_task_instances()
+    }
 
 
 def test_deferrable_run_processes_the_published_data(
     databricks_conn: StandIn, published: tuple[dict, dict], run_on_events, capfd
 ) -> None:
     from local.databricks_standin import read_table
-    from stackexchange.assets import RAW_POSTS
 
     posts, users = published
     dag_run = run_on_events(_dag(), posts, users)
     out = _log(capfd)
     assert _states(dag_run) == {
         "check_announced_objects": "success",
-        "run_medallion_job": "success",
+        f"run_medallion_job[{SITE}]": "success",
     }, out[-3000:]
     assert "running trigger in line" in out  # the wait happened in the trigger
     assert f"{databricks_conn.url}/runs/" in out
 
     bronze = read_table(databricks_conn.warehouse, "bronze_posts").to_pylist()
     lineage = {(r["_source_uri"], r["_source_etag"], r["_source_sha256"]) for r in bronze}
-    assert lineage == {(RAW_POSTS.uri, posts["etag"], posts["sha256"])}
-    assert {row["_site"] for row in bronze} == {SITE}
+    assert lineage == {(posts["uri"], posts["etag"], posts["sha256"])}
+    assert {row["site"] for row in bronze} == {SITE}
     tags = read_table(databricks_conn.warehouse, "gold_most_popular_tags").to_pylist()
     assert [row["Rank"] for row in tags] == list(range(1, len(tags) + 1))
 
 
-def test_a_superseded_object_skips_the_run_before_databricks(
-    databricks_conn: StandIn, publish, dump: dict[str, Path], run_on_events, capfd
+def test_two_sites_in_one_run_get_one_job_run_each_on_their_own_objects(
+    databricks_conn: StandIn, publish, dump, other_dump, run_on_events, capfd
 ) -> None:
-    from stackexchange.assets import RAW_POSTS, RAW_USERS
+    """Two sites finished together: one consumer run, one job run per site, each on exactly
+    its own pair; the tables keep both sites side by side."""
+    from local.databricks_standin import read_table
 
-    posts = publish(RAW_POSTS, dump["posts"].read_bytes())
-    users = publish(RAW_USERS, dump["users"].read_bytes())
-    newer = publish(RAW_USERS, dump["users"].read_bytes() + b"\n")  # a newer ingest's object
-    dag_run = run_on_events(_dag(), posts, users)
+    first = publish(dump["posts"].read_bytes(), dump["users"].read_bytes())
+    second = publish(other_dump["posts"].read_bytes(), other_dump["users"].read_bytes(), OTHER)
+    dag_run = run_on_events(_dag(), *first, *second)
     out = _log(capfd)
     assert _states(dag_run) == {
-        "check_announced_objects": "skipped",
-        "run_medallion_job": "skipped",
-    }
-    assert (
-        f"{RAW_USERS.uri} was superseded by a newer ingest (announced ETag {users['etag']}, "
-        f"now {newer['etag']}); that ingest's own asset events trigger a run"
-    ) in out
+        "check_announced_objects": "success",
+        f"run_medallion_job[{SITE}]": "success",
+        f"run_medallion_job[{OTHER}]": "success",
+    }, out[-3000:]
+    bronze = read_table(databricks_conn.warehouse, "bronze_posts").to_pylist()
+    by_site: dict[str, set] = {}
+    for row in bronze:
+        by_site.setdefault(row["site"], set()).add(row["_source_uri"])
+    assert by_site == {SITE: {first[0]["uri"]}, OTHER: {second[0]["uri"]}}
+    assert sum(1 for r in bronze if r["site"] == OTHER) == other_dump["posts"].read_bytes().count(
+        b"<row "
+    )
+    gold = read_table(databricks_conn.warehouse, "gold_most_popular_tags").to_pylist()
+    assert {row["site"] for row in gold} == {SITE, OTHER}
+
+
+def test_a_superseded_pair_skips_the_run_before_databricks(
+    databricks_conn: StandIn, publish, dump: dict[str, Path], run_on_events, capfd
+) -> None:
+    posts, users = publish(dump["posts"].read_bytes(), dump["users"].read_bytes())
+    newer = publish(dump["posts"].read_bytes(), dump["users"].read_bytes() + b"\n")
+    dag_run = run_on_events(_dag(), posts, users)
+    out = _log(capfd)
+    assert _states(dag_run)["check_announced_objects"] == "skipped"
+    assert "superseded by a newer ingest" in out
+    assert newer[0]["uri"] in out  # what the manifest names now
     assert "Run submitted" not in out
 
 
@@ -229,30 +280,34 @@ def test_an_event_naming_a_foreign_object_fails_before_databricks(
 
 @pytest.mark.parametrize("compared", ["etag", "size and last_modified"])
 def test_bronze_refuses_an_object_replaced_after_the_dag_checked_it(
-    databricks_conn: StandIn, publish, dump: dict[str, Path], run_on_events, capfd, compared: str
+    databricks_conn: StandIn,
+    publish,
+    aws_conn: str,
+    dump: dict[str, Path],
+    run_on_events,
+    capfd,
+    compared: str,
 ) -> None:
-    """The operator alone (no check before): bronze's own check catches the newer object, by
-    ETag, or without one (what serverless compares) by size and last_modified."""
-    from stackexchange.assets import RAW_POSTS, RAW_USERS
-
-    posts = publish(RAW_POSTS, dump["posts"].read_bytes())
-    users = publish(RAW_USERS, dump["users"].read_bytes())
-    newer = publish(RAW_POSTS, dump["posts"].read_bytes() + b"\n")
+    """The operator alone (no check before): bronze's own check catches an object overwritten
+    since its event, by ETag, or without one (what serverless compares) by size and
+    last_modified."""
+    posts, users = publish(dump["posts"].read_bytes(), dump["users"].read_bytes())
+    newer = _put(s3_client(aws_conn), posts["uri"], dump["posts"].read_bytes() + b"\n")
     if compared == "etag":
         expected = f"announced ETag {posts['etag']}, now ETag {newer['etag']}"
     else:
         posts = {**posts, "etag": None, "version_id": None}
         expected = (
             f"announced {posts['bytes']} bytes, last modified {posts['last_modified']}, "
-            f"now {newer['bytes']} bytes, last modified {newer['last_modified']}"
+            f"now {posts['bytes'] + 1} bytes, last modified {newer['last_modified']}"
         )
-    dag = _dag(job_name="stackexchange_medallion", deferrable=False)
+    dag = _dag(_parameters_of(posts, users), job_name="stackexchange_medallion", deferrable=False)
     dag_run = run_on_events(dag, posts, users)
     out = _log(capfd)
     assert _states(dag_run) == {"run_medallion_job": "failed"}
     assert "'task_key': 'bronze_posts'" in out
     assert (
-        f"{RAW_POSTS.uri} was superseded by a newer ingest ({expected}); its own asset events "
+        f"{posts['uri']} was superseded by a newer ingest ({expected}); its own asset events "
         "trigger a run"
     ) in out
 
@@ -260,23 +315,31 @@ def test_bronze_refuses_an_object_replaced_after_the_dag_checked_it(
 def test_failed_notebook_fails_the_task_with_url_and_message(
     databricks_conn: StandIn, publish, dump: dict[str, Path], run_on_events, capfd
 ) -> None:
-    from stackexchange.assets import RAW_POSTS, RAW_USERS
-
     malformed = b'<posts>\r\n  <row Id="not-a-number" />\r\n</posts>'
-    dag_run = run_on_events(
-        _dag(), publish(RAW_POSTS, malformed), publish(RAW_USERS, dump["users"].read_bytes())
-    )
+    dag_run = run_on_events(_dag(), *publish(malformed, dump["users"].read_bytes()))
     out = _log(capfd)
-    assert _states(dag_run)["run_medallion_job"] == "failed"
+    assert _states(dag_run)[f"run_medallion_job[{SITE}]"] == "failed"
     assert "Task bronze_posts failed with message" in out
     assert "FAILED_READ_FILE" in out  # the failing task's own error, from runs/get-output
     assert f"{databricks_conn.url}/runs/" in out
 
 
+def test_one_sites_failed_job_run_fails_its_own_task_only(
+    databricks_conn: StandIn, publish, dump, other_dump, run_on_events, capfd
+) -> None:
+    malformed = b'<posts>\r\n  <row Id="not-a-number" />\r\n</posts>'
+    bad = publish(malformed, dump["users"].read_bytes())
+    good = publish(other_dump["posts"].read_bytes(), other_dump["users"].read_bytes(), OTHER)
+    dag_run = run_on_events(_dag(), *bad, *good)
+    states = _states(dag_run)
+    assert states[f"run_medallion_job[{SITE}]"] == "failed"
+    assert states[f"run_medallion_job[{OTHER}]"] == "success", _log(capfd)[-3000:]
+
+
 def test_not_deferrable_run_succeeds(
     databricks_conn: StandIn, published: tuple[dict, dict], run_on_events, capfd
 ) -> None:
-    dag = _dag(job_name="stackexchange_medallion", deferrable=False)
+    dag = _dag(_parameters_of(*published), job_name="stackexchange_medallion", deferrable=False)
     dag_run = run_on_events(dag, *published)
     out = _log(capfd)
     assert _states(dag_run) == {"run_medallion_job": "success"}, out[-3000:]
@@ -288,25 +351,10 @@ def test_not_deferrable_run_succeeds(
 def test_unknown_job_name_is_a_clear_error(
     databricks_conn: StandIn, published: tuple[dict, dict], run_on_events, capfd, deferrable: bool
 ) -> None:
-    dag = _dag(job_name="no_such_job", deferrable=deferrable)
+    dag = _dag(_parameters_of(*published), job_name="no_such_job", deferrable=deferrable)
     dag_run = run_on_events(dag, *published)
     assert _states(dag_run) == {"run_medallion_job": "failed"}
     assert "Job ID for job name no_such_job can not be found" in _log(capfd)
-
-
-def test_events_from_different_sites_fail_before_any_job_run(
-    databricks_conn: StandIn, publish, dump: dict[str, Path], run_on_events, capfd
-) -> None:
-    from stackexchange.assets import RAW_POSTS, RAW_USERS
-
-    dag = _dag(job_name="stackexchange_medallion", deferrable=False)
-    posts = publish(RAW_POSTS, dump["posts"].read_bytes())
-    users = publish(RAW_USERS, dump["users"].read_bytes(), site="other")
-    dag_run = run_on_events(dag, posts, users)
-    out = _log(capfd)
-    assert _states(dag_run) == {"run_medallion_job": "failed"}
-    assert "from different sites" in out
-    assert "Run submitted" not in out
 
 
 def _events(*events: tuple) -> object:
@@ -326,54 +374,70 @@ def _events(*events: tuple) -> object:
     )
 
 
-def _extra(asset, **values: object) -> dict[str, object]:
-    return {"site": "s", "uri": asset.uri, "sha256": "x", **values}
+def _extra(asset, site: str = "s", ingest: str = "i#1", **values: object) -> dict[str, object]:
+    member = asset.uri.rsplit("/", 1)[-1]
+    uri = f"s3://{STORAGE.bucket}/{STORAGE.prefix}/{site}/g-{ingest[0]}/{member}"
+    return {"site": site, "uri": uri, "sha256": "x", "ingest_id": ingest, **values}
 
 
-def test_job_parameters_come_from_the_newest_event_of_each_asset() -> None:
-    from stackexchange.assets import RAW_POSTS, RAW_USERS
+def test_job_parameters_come_from_the_newest_pair_of_each_site() -> None:
     from stackexchange.databricks_job import job_parameters
 
     old, new = datetime(2025, 1, 1, tzinfo=UTC), datetime(2025, 2, 1, tzinfo=UTC)
     events = _events(
-        (RAW_POSTS, _extra(RAW_POSTS, sha256="p2", etag="e2-3", version_id="v2", bytes=2048,
-                           last_modified="2025-02-01T00:00:07+00:00"), new),
-        (RAW_POSTS, _extra(RAW_POSTS, sha256="p1", etag="e1", version_id="v1", bytes=1024,
-                           last_modified="2025-01-01T00:00:09+00:00"), old),
-        (RAW_USERS, _extra(RAW_USERS, sha256="u1", etag="eu", version_id=None, bytes=0,
-                           last_modified="2025-01-01T00:00:03+00:00"), old),
+        (RAW_POSTS, _extra(RAW_POSTS, ingest="n#1", sha256="p2", etag="e2-3", version_id="v2",
+                           bytes=2048, last_modified="2025-02-01T00:00:07+00:00"), new),
+        (RAW_USERS, _extra(RAW_USERS, ingest="n#1", sha256="u2", etag="eu2", version_id=None,
+                           bytes=0, last_modified="2025-02-01T00:00:03+00:00"), new),
+        (RAW_POSTS, _extra(RAW_POSTS, ingest="o#1", sha256="p1"), old),
+        (RAW_USERS, _extra(RAW_USERS, ingest="o#1", sha256="u1"), old),
+        (RAW_POSTS, _extra(RAW_POSTS, site="t", ingest="t#1", sha256="tp"), old),
+        (RAW_USERS, _extra(RAW_USERS, site="t", ingest="t#1", sha256="tu"), old),
     )  # fmt: skip
-    assert job_parameters(events) == {
-        "posts_uri": RAW_POSTS.uri,
-        "users_uri": RAW_USERS.uri,
+    runs = job_parameters(events, STORAGE)
+    assert [run["site"] for run in runs] == ["s", "t"]  # one job run per site
+    assert runs[0] == {
+        "posts_uri": f"s3://{STORAGE.bucket}/{STORAGE.prefix}/s/g-n/Posts.xml",
+        "users_uri": f"s3://{STORAGE.bucket}/{STORAGE.prefix}/s/g-n/Users.xml",
         "site": "s",
         "posts_sha256": "p2",
-        "users_sha256": "u1",
+        "users_sha256": "u2",
         "posts_etag": "e2-3",
-        "users_etag": "eu",
+        "users_etag": "eu2",
         "posts_version_id": "v2",
         "users_version_id": "",
         "posts_bytes": "2048",
         "users_bytes": "0",
         "posts_last_modified": "2025-02-01T00:00:07+00:00",
-        "users_last_modified": "2025-01-01T00:00:03+00:00",
+        "users_last_modified": "2025-02-01T00:00:03+00:00",
     }
+    assert (runs[1]["posts_sha256"], runs[1]["users_sha256"]) == ("tp", "tu")
+
+
+def test_a_site_with_only_one_file_announced_gets_no_job_run() -> None:
+    from stackexchange.databricks_job import job_parameters
+
+    now = datetime.now(UTC)
+    events = _events(
+        (RAW_POSTS, _extra(RAW_POSTS, ingest="a#1"), now),
+        (RAW_USERS, _extra(RAW_USERS, ingest="b#1"), now),
+    )
+    assert job_parameters(events, STORAGE) == []
 
 
 def test_events_of_older_producers_leave_what_they_lack_empty() -> None:
-    from stackexchange.assets import RAW_POSTS, RAW_USERS
     from stackexchange.databricks_job import job_parameters
 
     now = datetime.now(UTC)
 
     def identity(posts: dict, users: dict) -> dict[str, str]:
-        parameters = job_parameters(_events((RAW_POSTS, posts, now), (RAW_USERS, users, now)))
+        events = _events((RAW_POSTS, posts, now), (RAW_USERS, users, now))
+        parameters = job_parameters(events, STORAGE)[0]
         keys = ("etag", "version_id", "bytes", "last_modified")
         return {f"{p}_{k}": parameters[f"{p}_{k}"] for p in ("posts", "users") for k in keys}
 
     sha256_only = identity(_extra(RAW_POSTS), _extra(RAW_USERS))
     assert set(sha256_only.values()) == {""}
-    # Before last_modified: an ETag and a size, no modification time.
     etag_era = identity(
         _extra(RAW_POSTS, etag="e1", version_id=None, bytes=8),
         _extra(RAW_USERS, etag="e2", version_id=None, bytes=9),
@@ -384,127 +448,82 @@ def test_events_of_older_producers_leave_what_they_lack_empty() -> None:
     }  # fmt: skip
 
 
-def test_an_event_announcing_another_object_is_refused() -> None:
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "s3://another-teams-bucket/Users.xml",
+        f"s3://{STORAGE.bucket}/{STORAGE.prefix}/other-site/g/Users.xml",
+        f"s3://{STORAGE.bucket}/{STORAGE.prefix}/s/Users.xml",
+        f"s3://{STORAGE.bucket}/{STORAGE.prefix}/s/g/Posts.xml",
+    ],
+    ids=["bucket", "another site", "no generation", "another table"],
+)
+def test_an_event_announcing_another_object_is_refused(uri: str) -> None:
     from airflow.exceptions import AirflowFailException
 
-    from stackexchange.assets import RAW_POSTS, RAW_USERS
     from stackexchange.databricks_job import job_parameters
 
     now = datetime.now(UTC)
-    forged = _extra(RAW_USERS, uri="s3://another-teams-bucket/Users.xml")
+    forged = _extra(RAW_USERS, uri=uri)
     with pytest.raises(AirflowFailException) as raised:
-        job_parameters(_events((RAW_POSTS, _extra(RAW_POSTS), now), (RAW_USERS, forged, now)))
+        job_parameters(_events((RAW_POSTS, _extra(RAW_POSTS), now), (RAW_USERS, forged, now)),
+                       STORAGE)  # fmt: skip
     message = str(raised.value)
-    assert "Asset event of stackexchange_raw_users announces" in message
-    assert "'s3://another-teams-bucket/Users.xml'" in message
-    assert f"the asset is {RAW_USERS.uri!r}" in message
+    assert f"Asset event of stackexchange_raw_users announces {uri!r}" in message
+    assert "which is not a Users.xml of site 's'" in message
 
 
 def test_job_parameters_name_what_is_missing() -> None:
     from airflow.exceptions import AirflowFailException
 
-    from stackexchange.assets import RAW_POSTS, RAW_USERS
     from stackexchange.databricks_job import job_parameters
 
     now = datetime.now(UTC)
     with pytest.raises(AirflowFailException, match="No triggering event for asset .*users"):
-        job_parameters(_events((RAW_POSTS, _extra(RAW_POSTS), now)))
-    lacking = _events((RAW_POSTS, {"site": "s", "uri": RAW_POSTS.uri}, now), (RAW_USERS, {}, now))
-    with pytest.raises(AirflowFailException, match=r"lacks \['sha256'\]"):
-        job_parameters(lacking)
+        job_parameters(_events((RAW_POSTS, _extra(RAW_POSTS), now)), STORAGE)
+    lacking = _events((RAW_POSTS, _extra(RAW_POSTS), now), (RAW_USERS, {"site": "s"}, now))
+    with pytest.raises(AirflowFailException, match=r"lacks \['sha256', 'uri'\]"):
+        job_parameters(lacking, STORAGE)
 
 
-@pytest.fixture
-def objects_bucket(aws_conn: str) -> tuple[object, str]:
-    """A fresh bucket on moto, reached by the DAG through `aws_conn`, and a client for it."""
-    s3 = s3_client(aws_conn)
-    bucket = f"consumer-{uuid.uuid4().hex[:12]}"
-    s3.create_bucket(Bucket=bucket)
-    return s3, bucket
-
-
-def _parameters(posts: dict, users: dict, bucket: str) -> dict[str, str]:
-    return {
-        "posts_uri": f"s3://{bucket}/raw/Posts.xml",
-        "users_uri": f"s3://{bucket}/raw/Users.xml",
-        "posts_etag": posts["etag"],
-        "users_etag": users["etag"],
-        "posts_version_id": posts["version_id"] or "",
-        "users_version_id": users["version_id"] or "",
-    }
-
-
-def test_objects_still_holding_the_announced_data_pass(objects_bucket, caplog) -> None:
-    from stackexchange.databricks_job import ensure_still_published
-
-    s3, bucket = objects_bucket
-    posts = _put(s3, f"s3://{bucket}/raw/Posts.xml", b"<posts/>")
-    users = _put(s3, f"s3://{bucket}/raw/Users.xml", b"<users/>")
-    with caplog.at_level(logging.INFO, logger="stackexchange.databricks_job"):
-        ensure_still_published(_parameters(posts, users, bucket), "aws_conn")
-    assert f"s3://{bucket}/raw/Users.xml still holds the announced object" in caplog.text
-
-
-def test_a_replaced_object_skips_with_both_etags(objects_bucket) -> None:
-    from airflow.exceptions import AirflowSkipException
-
-    from stackexchange.databricks_job import ensure_still_published
-
-    s3, bucket = objects_bucket
-    posts = _put(s3, f"s3://{bucket}/raw/Posts.xml", b"<posts/>")
-    users = _put(s3, f"s3://{bucket}/raw/Users.xml", b"<users/>")
-    newer = _put(s3, f"s3://{bucket}/raw/Posts.xml", b"<posts>newer</posts>")
-    with pytest.raises(AirflowSkipException) as raised:
-        ensure_still_published(_parameters(posts, users, bucket), "aws_conn")
-    assert str(raised.value) == (
-        f"s3://{bucket}/raw/Posts.xml was superseded by a newer ingest (announced ETag "
-        f"{posts['etag']}, now {newer['etag']}); that ingest's own asset events trigger a run"
-    )
-
-
-def test_a_new_version_with_the_same_bytes_skips_too(objects_bucket) -> None:
-    from airflow.exceptions import AirflowSkipException
-
-    from stackexchange.databricks_job import ensure_still_published
-
-    s3, bucket = objects_bucket
-    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
-    posts = _put(s3, f"s3://{bucket}/raw/Posts.xml", b"<posts/>")
-    users = _put(s3, f"s3://{bucket}/raw/Users.xml", b"<users/>")
-    again = _put(s3, f"s3://{bucket}/raw/Users.xml", b"<users/>")
-    assert again["etag"] == users["etag"]
-    with pytest.raises(
-        AirflowSkipException, match=f"now {users['etag']}, version {again['version_id']}"
-    ):
-        ensure_still_published(_parameters(posts, users, bucket), "aws_conn")
-
-
-def test_a_deleted_object_fails_and_sha256_only_events_are_not_checked(
-    objects_bucket, caplog
+def test_still_published_keeps_current_pairs_and_leaves_out_superseded_ones(
+    publish, dump: dict[str, Path], caplog
 ) -> None:
+    from airflow.exceptions import AirflowSkipException
+
+    from stackexchange.databricks_job import still_published
+
+    posts, users = publish(dump["posts"].read_bytes(), dump["users"].read_bytes())
+    current = _parameters_of(posts, users)
+    other = _parameters_of(*publish(b"<posts/>", b"<users/>", OTHER))
+    assert still_published([current, other], "aws_conn", STORAGE) == [current, other]
+    publish(b"<posts/>", b"<users>newer</users>")  # a newer ingest of SITE
+    with caplog.at_level(logging.WARNING, logger="stackexchange.databricks_job"):
+        assert still_published([current, other], "aws_conn", STORAGE) == [other]
+    assert f"{SITE}: its manifest" in caplog.text and "superseded" in caplog.text
+    with pytest.raises(AirflowSkipException, match="every announced pair was superseded"):
+        still_published([current], "aws_conn", STORAGE)
+
+
+def test_an_announced_object_overwritten_in_place_fails(publish, aws_conn: str) -> None:
     from airflow.exceptions import AirflowFailException
 
-    from stackexchange.databricks_job import ensure_still_published
+    from stackexchange.databricks_job import still_published
 
-    s3, bucket = objects_bucket
-    posts = _put(s3, f"s3://{bucket}/raw/Posts.xml", b"<posts/>")
-    gone = {"etag": "0" * 32, "version_id": None}  # Users.xml was never written
-    with pytest.raises(AirflowFailException, match=r"Users\.xml no longer exists"):
-        ensure_still_published(_parameters(posts, gone, bucket), "aws_conn")
-
-    legacy = {"etag": "", "version_id": None}
-    ensure_still_published(_parameters(posts, legacy, bucket), "aws_conn")
-    assert "has no etag (older producer)" in caplog.text
+    posts, users = publish(b"<posts/>", b"<users/>")
+    _put(s3_client(aws_conn), users["uri"], b"<users>foreign</users>")
+    with pytest.raises(AirflowFailException, match="something else wrote it"):
+        still_published([_parameters_of(posts, users)], "aws_conn", STORAGE)
 
 
 def test_a_missing_aws_conn_fails_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
     from airflow.exceptions import AirflowFailException
 
-    from stackexchange.databricks_job import ensure_still_published
+    from stackexchange.databricks_job import still_published
 
     monkeypatch.delenv("AIRFLOW_CONN_AWS_CONN", raising=False)
     with pytest.raises(AirflowFailException, match="connection 'aws_conn' is not defined"):
-        ensure_still_published({}, "aws_conn")
+        still_published([{"site": SITE}], "aws_conn", STORAGE)
 
 
 def test_job_id_from_the_environment_replaces_the_name(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -521,8 +540,6 @@ def test_the_dag_waits_for_both_assets(airflow_db) -> None:
     from airflow.assets.evaluation import AssetEvaluator
     from airflow.sdk.definitions.asset import AssetUniqueKey
     from airflow.utils.session import create_session
-
-    from stackexchange.assets import RAW_POSTS, RAW_USERS
 
     condition = _dag().timetable.asset_condition
     posts, users = AssetUniqueKey.from_asset(RAW_POSTS), AssetUniqueKey.from_asset(RAW_USERS)

@@ -1,19 +1,27 @@
-"""The two raw Assets the producer emits and the consumer is scheduled on.
+"""The two raw Assets the producer emits and the consumer is scheduled on: one per table, for
+every site.
 
-Their URIs are the real S3 locations of the objects, from the environment at parse time.
+Each ingest publishes its own generation of a site's pair, so no fixed object holds "the"
+Posts.xml: an Asset's URI is the pattern of every site's objects of that table
+(``s3://{bucket}/{prefix}/*/*/Posts.xml``), and each event's extra names the site and the exact
+objects (README: "Many sites"). The URIs come from the ``Storage`` settings the DAG file read.
 """
 
 from __future__ import annotations
 
-import os
-
 from airflow.sdk import Asset
 
-BUCKET = os.environ.get("STACKEXCHANGE_BUCKET", "stackexchange-raw")
-PREFIX = os.environ.get("STACKEXCHANGE_PREFIX", "raw/stackexchange").strip("/")
+from stackexchange.settings import Storage
 
-POSTS_KEY = f"{PREFIX}/Posts.xml"
-USERS_KEY = f"{PREFIX}/Users.xml"
+POSTS, USERS = "Posts.xml", "Users.xml"
 
-RAW_POSTS = Asset(name="stackexchange_raw_posts", uri=f"s3://{BUCKET}/{POSTS_KEY}")
-RAW_USERS = Asset(name="stackexchange_raw_users", uri=f"s3://{BUCKET}/{USERS_KEY}")
+
+def raw_assets(storage: Storage) -> dict[str, Asset]:
+    """``{"Posts.xml": Asset, "Users.xml": Asset}`` for ``storage``'s bucket and prefix."""
+    return {
+        member: Asset(
+            name=f"stackexchange_raw_{member.removesuffix('.xml').lower()}",
+            uri=f"s3://{storage.bucket}/{storage.prefix}/*/*/{member}",
+        )
+        for member in (POSTS, USERS)
+    }

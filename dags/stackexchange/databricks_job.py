@@ -1,16 +1,17 @@
-"""How the consumer DAG finds the Databricks job and what it tells the job to process.
+"""How the consumer DAG finds the Databricks job and what it tells each job run to process.
 
 The job is defined in the bundle (``notebooks/resources/stackexchange_medallion.job.yml``);
 ``JOB_NAME`` repeats its name because the DAGs folder is all an Airflow image ships
 (``tests/test_job_definition.py`` checks the two agree). ``DATABRICKS_JOB_ID`` overrides the
 name lookup with an explicit job id.
 
-The job processes exactly what the asset events announced: each object's URI, ETag, VersionId,
-size (``bytes``), ``last_modified`` and sha256 go to the job, which checks them again before and
-after reading (by ETag where its compute can read one, else by size and modification time: on
-serverless). Events from an older producer lack ``etag``/``version_id`` or ``bytes``/
-``last_modified``; those parameters are then empty, and what the job cannot compare it does not
-check (sha256 alone cannot be checked cheaply: the objects no longer carry it).
+One consumer run may be triggered by the events of several sites (all events since its last
+run). They are grouped by the ``site`` of their extra: per site, the newest ingest that
+announced both files, each object's URI, ETag, VersionId, size (``bytes``), ``last_modified``
+and sha256, becomes one job run's parameters, so two sites never mix. Before the run, the
+site's manifest must still name that pair: a site whose pair a newer ingest replaced is left
+out (that ingest's own events trigger a run). Events from an older producer lack
+``etag``/``version_id`` or ``bytes``/``last_modified``; those parameters are then empty.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from urllib.parse import urlsplit
 from airflow.exceptions import AirflowFailException, AirflowSkipException
 from airflow.sdk import Asset
 
-from stackexchange.assets import RAW_POSTS, RAW_USERS
+from stackexchange.assets import POSTS, USERS, raw_assets
+from stackexchange.settings import Storage
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +36,8 @@ JOB_NAME = "stackexchange_medallion"
 # (see above); each becomes a job parameter named by prefix and key: posts_uri, users_bytes, ...
 REQUIRED_EXTRA = ("uri", "site", "sha256")
 IDENTITY_EXTRA = ("etag", "version_id", "bytes", "last_modified")
-# Job parameter prefix per asset.
-PREFIXES = ((RAW_POSTS, "posts"), (RAW_USERS, "users"))
+# Job parameter prefix per member.
+PREFIXES = ((POSTS, "posts"), (USERS, "users"))
 
 
 def job_lookup() -> dict[str, str]:
@@ -48,48 +50,31 @@ def job_lookup() -> dict[str, str]:
     return {"job_id": job_id}
 
 
-def _announced(events: Mapping[Asset, Sequence[Any]], asset: Asset) -> dict[str, Any]:
-    """The newest event's extra, refused unless it is complete and names the asset's own URI."""
-    try:
-        asset_events = events[asset]
-    except KeyError:
-        asset_events = []
-    if not asset_events:
-        raise AirflowFailException(
-            f"No triggering event for asset {asset.name}: this DAG runs on the producer's "
-            "asset events; trigger produce_data_asset instead of running this DAG by hand."
-        )
-    # Several producer runs may have queued up: process the newest data.
-    extra = dict(max(asset_events, key=lambda event: event.timestamp).extra or {})
+def _checked(asset: Asset, extra: dict[str, Any], storage: Storage, member: str) -> dict:
+    """``extra``, refused unless complete and naming an object of its own site under the
+    deployment's bucket and prefix."""
     missing = sorted(set(REQUIRED_EXTRA) - extra.keys())
     if missing:
         raise AirflowFailException(
             f"Asset event of {asset.name} lacks {missing} in its extra: {extra}"
         )
-    if extra["uri"] != asset.uri:
+    site_prefix = f"s3://{storage.bucket}/{storage.prefix}/{extra['site']}/"
+    uri = str(extra["uri"])
+    parts = uri.removeprefix(site_prefix).split("/") if uri.startswith(site_prefix) else []
+    if len(parts) != 2 or not parts[0] or parts[1] != member:  # <generation>/<member>
         raise AirflowFailException(
-            f"Asset event of {asset.name} announces {extra['uri']!r}, but the asset is "
-            f"{asset.uri!r}: refusing to process an object the asset does not name (check the "
-            "producer's STACKEXCHANGE_BUCKET/STACKEXCHANGE_PREFIX match this deployment's)."
+            f"Asset event of {asset.name} announces {uri!r}, which is not a {member} of site "
+            f"{extra['site']!r} under {site_prefix!r}: refusing to process an object the asset "
+            "does not name (check the producer's STACKEXCHANGE_BUCKET/STACKEXCHANGE_PREFIX "
+            "match this deployment's)."
         )
     return extra
 
 
-def job_parameters(events: Mapping[Asset, Sequence[Any]]) -> dict[str, str]:
-    """The job parameters for the objects the triggering asset events announce.
-
-    ``{posts,users}_etag``, ``_bytes`` and ``_last_modified`` are empty when an older producer's
-    event lacks them, ``_version_id`` also when the bucket is not versioned.
-    """
-    announced = {prefix: _announced(events, asset) for asset, prefix in PREFIXES}
-    posts, users = announced["posts"], announced["users"]
-    if posts["site"] != users["site"]:
-        raise AirflowFailException(
-            f"Posts ({posts['site']}) and Users ({users['site']}) of the triggering events are "
-            "from different sites; re-run produce_data_asset for one site."
-        )
-    parameters = {"site": str(posts["site"])}
-    for prefix, extra in announced.items():
+def _parameters(site: str, announced: dict[str, dict[str, Any]]) -> dict[str, str]:
+    parameters = {"site": site}
+    for member, prefix in PREFIXES:
+        extra = announced[member]
         parameters |= {f"{prefix}_{key}": str(extra[key]) for key in ("uri", "sha256")}
         parameters |= {
             f"{prefix}_{key}": "" if extra.get(key) is None else str(extra[key])
@@ -98,45 +83,109 @@ def job_parameters(events: Mapping[Asset, Sequence[Any]]) -> dict[str, str]:
     return parameters
 
 
-def ensure_still_published(parameters: Mapping[str, str], aws_conn_id: str) -> None:
-    """Skip the run when a newer ingest replaced an announced object since its event.
+def job_parameters(events: Mapping[Asset, Sequence[Any]], storage: Storage) -> list[dict]:
+    """One job run's parameters per site the triggering asset events announce, by site name.
 
-    One ``HEAD`` per object: a mixed pair (one object replaced) is never sent to Databricks;
-    the newer ingest's own events schedule the run that processes it.
+    Per site: the newest ingest that announced both files (events of one ingest carry the same
+    ``ingest_id``; events without one pair by timestamp order). ``{posts,users}_etag``,
+    ``_bytes`` and ``_last_modified`` are empty when an older producer's event lacks them,
+    ``_version_id`` also when the bucket is not versioned.
     """
+    assets = raw_assets(storage)
+    # site -> ingest -> member -> (timestamp, extra)
+    found: dict[str, dict[str, dict[str, tuple[Any, dict]]]] = {}
+    for member, asset in assets.items():
+        try:
+            asset_events = events[asset]
+        except KeyError:
+            asset_events = []
+        if not asset_events:
+            raise AirflowFailException(
+                f"No triggering event for asset {asset.name}: this DAG runs on the producer's "
+                "asset events; trigger produce_data_asset instead of running this DAG by hand."
+            )
+        for event in asset_events:
+            extra = _checked(asset, dict(event.extra or {}), storage, member)
+            ingest = str(extra.get("ingest_id") or "")
+            by_ingest = found.setdefault(str(extra["site"]), {}).setdefault(ingest, {})
+            if member not in by_ingest or event.timestamp > by_ingest[member][0]:
+                by_ingest[member] = (event.timestamp, extra)
+    runs = []
+    for site, by_ingest in sorted(found.items()):
+        pairs = [files for files in by_ingest.values() if len(files) == len(PREFIXES)]
+        if not pairs:
+            log.warning("%s: the events announce only one file of each ingest; no job run", site)
+            continue
+        newest = max(pairs, key=lambda files: max(t for t, _ in files.values()))
+        runs.append(_parameters(site, {member: extra for member, (_, extra) in newest.items()}))
+    return runs
+
+
+def still_published(
+    runs: Sequence[Mapping[str, str]], aws_conn_id: str, storage: Storage
+) -> list[Mapping[str, str]]:
+    """The runs whose pair is still the site's current one (its manifest names the announced
+    objects, which still hold the announced ETags). A site whose pair a newer ingest replaced is
+    left out: that ingest's own events trigger a run. Raises ``AirflowSkipException`` when no
+    site is left."""
+    from stackexchange.publish import SiteKeys, read_manifest
     from stackexchange.s3 import S3ConfigError, explained, s3_hook
 
+    current = []
     try:
         hook = s3_hook(aws_conn_id)
-        for _, prefix in PREFIXES:
-            uri, etag = parameters[f"{prefix}_uri"], parameters[f"{prefix}_etag"]
-            if not etag:
+        client = hook.get_conn()
+        for parameters in runs:
+            keys = SiteKeys(storage.bucket, storage.prefix, parameters["site"])
+            with explained(aws_conn_id, storage.bucket, f"reading {keys.uri(keys.manifest)}"):
+                manifest = read_manifest(client, keys)
+            named = {o.uri for o in manifest.objects.values()} if manifest else set()
+            announced = {parameters[f"{prefix}_uri"] for _, prefix in PREFIXES}
+            if named != announced:
                 log.warning(
-                    "%s: its asset event has no etag (older producer), so whether the object "
-                    "still holds the announced data cannot be checked; processing it by sha256",
-                    uri,
-                )
+                    "%s: its manifest %s names %s, not the announced pair %s: superseded by a "
+                    "newer ingest, whose own asset events trigger a run",
+                    parameters["site"], keys.uri(keys.manifest), sorted(named) or "nothing",
+                    sorted(announced),
+                )  # fmt: skip
                 continue
-            location = urlsplit(uri)
-            with explained(aws_conn_id, location.netloc, f"checking {uri}"):
-                head = hook.head_object(key=location.path.lstrip("/"), bucket_name=location.netloc)
-            _ensure_same(uri, etag, parameters[f"{prefix}_version_id"], head)
+            for _, prefix in PREFIXES:
+                _ensure_same(hook, aws_conn_id, parameters, prefix)
+            current.append(parameters)
     except S3ConfigError as error:
         raise AirflowFailException(str(error)) from error
+    if not current:
+        raise AirflowSkipException(
+            "every announced pair was superseded by a newer ingest; those ingests' own asset "
+            "events trigger a run"
+        )
+    return current
 
 
-def _ensure_same(uri: str, etag: str, version_id: str, head: Mapping[str, Any] | None) -> None:
+def _ensure_same(hook: Any, aws_conn_id: str, parameters: Mapping[str, str], prefix: str) -> None:
+    from stackexchange.s3 import explained
+
+    uri, etag = parameters[f"{prefix}_uri"], parameters[f"{prefix}_etag"]
+    version_id = parameters[f"{prefix}_version_id"]
+    if not etag:
+        log.warning(
+            "%s: its asset event has no etag (older producer), so whether the object still "
+            "holds the announced data cannot be checked; processing it by sha256",
+            uri,
+        )
+        return
+    location = urlsplit(uri)
+    with explained(aws_conn_id, location.netloc, f"checking {uri}"):
+        head = hook.head_object(key=location.path.lstrip("/"), bucket_name=location.netloc)
     if head is None:
         raise AirflowFailException(
-            f"{uri} no longer exists although its asset event announced it: re-run "
-            "produce_data_asset (with force=true) to publish the pair again."
+            f"{uri} no longer exists although its site's manifest names it: re-run "
+            "produce_data_asset for the site (with force=true) to publish the pair again."
         )
     now_etag, now_version = str(head["ETag"]).strip('"'), str(head.get("VersionId") or "")
     if now_etag != etag or (version_id and now_version != version_id):
-        announced = f"ETag {etag}" + (f", version {version_id}" if version_id else "")
-        now = now_etag + (f", version {now_version}" if version_id else "")
-        raise AirflowSkipException(
-            f"{uri} was superseded by a newer ingest (announced {announced}, now {now}); "
-            "that ingest's own asset events trigger a run"
+        raise AirflowFailException(
+            f"{uri} holds ETag {now_etag}, not the announced {etag}: generation objects are "
+            "written once, so something else wrote it; re-run produce_data_asset with force=true"
         )
     log.info("%s still holds the announced object (ETag %s)", uri, etag)

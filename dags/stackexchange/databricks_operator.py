@@ -8,15 +8,14 @@ from airflow.exceptions import AirflowException
 from airflow.providers.databricks.hooks.databricks import RunState
 from airflow.providers.databricks.operators.databricks import DatabricksRunNowOperator
 
-from stackexchange.databricks_job import job_parameters
-
 # Task result states whose runs/get-output holds the task's error.
 _ERRORED_TASK_STATES = ("FAILED", "TIMEDOUT")
 
 
 class RunJobOnAssetEventsOperator(DatabricksRunNowOperator):
-    """``DatabricksRunNowOperator`` whose job parameters come from the triggering asset events,
-    and which fails on every run that does not end in SUCCESS.
+    """``DatabricksRunNowOperator`` for one site's announced pair (its ``job_parameters``, one
+    mapped task instance per site, named by the site), which fails on every run that does not
+    end in SUCCESS.
 
     Provider 7.4.0 lets a failed run pass when deferrable: if the run is already terminal at its
     one look after run-now (a run that fails at submission: bad parameter, quota, permissions),
@@ -37,8 +36,14 @@ class RunJobOnAssetEventsOperator(DatabricksRunNowOperator):
         super().__init__(**kwargs)
 
     def execute(self, context: Any) -> None:
-        self.json["job_parameters"] = job_parameters(context["triggering_asset_events"])
-        self.log.info("Job parameters: %s", self.json["job_parameters"])
+        parameters = self.json.get("job_parameters") or {}
+        if not parameters.get("site"):
+            raise AirflowException(
+                "job_parameters has no site: map this operator over the consumer's "
+                "check_announced_objects output (one dict of job parameters per site)."
+            )
+        context["site"] = parameters["site"]  # the mapped instance's name (map_index_template)
+        self.log.info("Job parameters: %s", parameters)
         try:
             super().execute(context)  # raises TaskDeferred while the run is not terminal
         except AirflowException:
@@ -58,6 +63,7 @@ class RunJobOnAssetEventsOperator(DatabricksRunNowOperator):
                 "the run's outcome is unknown. See the triggerer's log."
             )
         self.run_id = event["run_id"]
+        context["site"] = (self.json.get("job_parameters") or {}).get("site", "")
         if RunState.from_json(event["run_state"]).is_successful:
             super().execute_complete(context, event)
             return

@@ -1,4 +1,5 @@
-"""The ingest the producer DAG runs: decide (:func:`check`), stream and publish (:func:`ingest`).
+"""The ingest the producer DAG runs for one site: decide (:func:`check`), stream and publish
+(:func:`ingest`).
 
 One streaming pipeline per archive, its stages overlapped::
 
@@ -7,10 +8,11 @@ One streaming pipeline per archive, its stages overlapped::
         CRC32, then sha256 + validator child process (expat) + S3 multipart parts (threads)
 
 Nothing touches the local disk: neither the archive (read forward only, resumed with Range after
-a drop) nor the extracted XML. Nothing becomes visible until both members validated, every CRC
-and the published checksum matched and every part is uploaded: then ``publish.commit`` completes
-the pair.
-Any failure aborts both multipart uploads; the previous pair stays as it was.
+a drop) nor the extracted XML. The parts go to this ingest's own generation of the site
+(``publish.SiteKeys``), under the site's lock (``lock``). Nothing becomes visible until both
+members validated, every CRC and the published checksum matched and every part is uploaded: then
+``publish.commit`` completes both and writes the site's manifest, the one write that commits the
+pair. Any failure aborts both multipart uploads; the previous pair stays as it was.
 """
 
 from __future__ import annotations
@@ -18,26 +20,28 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from stackexchange import archive, metrics, publish, s3, source, url_policy
-from stackexchange.assets import BUCKET, PREFIX
+from stackexchange import archive, lock, metrics, publish, s3, source, url_policy
 from stackexchange.download import open_archive
 from stackexchange.dump_xml import DumpXmlError, ValidatedFile, ValidatingStream
 from stackexchange.multipart import MultipartUpload, part_size_for
 from stackexchange.progress import Counter, Reporter
-from stackexchange.settings import DownloadPolicy, Limits
+from stackexchange.settings import DownloadPolicy, Limits, Storage
 
 log = logging.getLogger(__name__)
 
-KEYS = publish.Keys(BUCKET, PREFIX)
-# Failures a retry cannot fix (bad params, unknown site, S3 set-up, invalid data): fail fast.
+# Failures a retry cannot fix (bad params, unknown site, S3 set-up, invalid data, another
+# writer holds or committed the site): fail fast.
 PERMANENT_ERRORS = (
     url_policy.InvalidSourceParam,
     source.SourceNotFound,
     s3.S3ConfigError,
     DumpXmlError,
     archive.ArchiveRefused,
+    lock.SiteLocked,
+    publish.ConcurrentCommitError,
 )
 
 
@@ -50,10 +54,16 @@ def run_id_of(ingest_id: str) -> str:
     return ingest_id.rpartition("#")[0]
 
 
-def extra(site: str, ingest_id: str, published: publish.PublishedObject) -> dict[str, object]:
+def site_keys(storage: Storage, site: str) -> publish.SiteKeys:
+    return publish.SiteKeys(storage.bucket, storage.prefix, site)
+
+
+def extra(
+    keys: publish.SiteKeys, manifest: publish.Manifest, published: publish.PublishedObject
+) -> dict[str, object]:
     """An asset event's payload (the team contract): what was published, and from what."""
     return {
-        "site": site,
+        "site": manifest.site,
         "uri": published.uri,
         "bytes": published.bytes,
         "rows": published.rows,
@@ -63,24 +73,26 @@ def extra(site: str, ingest_id: str, published: publish.PublishedObject) -> dict
         "last_modified": published.last_modified,
         "source_url": published.source_url,
         "source_version": published.source_version,
-        "ingest_id": ingest_id,
+        "ingest_id": manifest.ingest_id,
+        "generation": manifest.generation,
+        "manifest_uri": keys.uri(keys.manifest),
     }
 
 
-def _client(aws_conn_id: str) -> Any:
+def _client(aws_conn_id: str, bucket: str) -> Any:
     hook = s3.s3_hook(aws_conn_id)
-    with s3.explained(aws_conn_id, BUCKET, "checking the bucket"):
+    with s3.explained(aws_conn_id, bucket, "checking the bucket"):
         client = hook.get_conn()
-        client.head_bucket(Bucket=BUCKET)  # fail early, before any download
+        client.head_bucket(Bucket=bucket)  # fail early, before any download
     return client
 
 
 def up_to_date(
-    client: Any, manifest: publish.Manifest | None, found: source.Source
+    client: Any, keys: publish.SiteKeys, manifest: publish.Manifest | None, found: source.Source
 ) -> tuple[bool, str]:
-    """Whether the published pair is this source's, whole and unchanged; and why not."""
+    """Whether the site's published pair is this source's, whole and unchanged; and why not."""
     if manifest is None:
-        return False, f"no complete pair is published yet (no s3://{BUCKET}/{KEYS.manifest})"
+        return False, f"no pair of {keys.site} is published yet (no {keys.uri(keys.manifest)})"
     for member, remote in found.archives.items():
         published = manifest.objects.get(member)
         if published is None:
@@ -92,10 +104,21 @@ def up_to_date(
                 f"{member} holds source version {published.source_version!r}, the source now "
                 f"has {remote.version!r}"
             )
-    changed = publish.matches(client, KEYS, manifest)
+    changed = publish.matches(client, keys, manifest)
     if changed:
-        return False, f"the keys changed since the manifest was written: {changed}"
+        return False, f"the objects changed since the manifest was written: {changed}"
     return True, f"both objects are the source's current version ({manifest.ingest_id})"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What :func:`check` found for one site."""
+
+    site: str
+    ingest: bool
+    reason: str
+    source: source.Source
+    manifest: publish.Manifest | None
 
 
 def check(
@@ -103,37 +126,39 @@ def check(
     source_base_url: str,
     force: bool,
     aws_conn_id: str,
-    ingest_succeeded: Callable[[str], bool],
-) -> bool:
-    """True if the dump must be ingested: S3 lacks this source version, or ``force``.
+    ingest_succeeded: Callable[[str, int | None], bool],
+    storage: Storage,
+) -> Decision:
+    """Must ``site`` be ingested? Yes if S3 lacks this source version, or ``force``.
 
-    First repairs what a dead run left (``publish.recover``). ``ingest_succeeded(run_id)``
-    tells whether that run's ingest task succeeded: a run can die after the commit but before
-    Airflow records its asset events; the consumer never heard of that pair, so it does not
-    count.
+    Reads only (the manifest, a HEAD per object): no lock, nothing written.
+    ``ingest_succeeded(run_id, map_index)`` tells whether the ingest that wrote the manifest
+    succeeded: a run can die after the commit but before Airflow records its asset events; the
+    consumer never heard of that pair, so it does not count.
     """
-    client = _client(aws_conn_id)
+    client = _client(aws_conn_id, storage.bucket)
     found = source.resolve(site, source_base_url, DownloadPolicy.from_env())
-    with s3.explained(aws_conn_id, BUCKET, "repairing the published pair"):
-        publish.recover(client, KEYS)
-        manifest = publish.read_manifest(client, KEYS)
-        current, reason = up_to_date(client, manifest, found)
+    keys = site_keys(storage, site)
+    with s3.explained(aws_conn_id, storage.bucket, "reading the site's manifest"):
+        manifest = publish.read_manifest(client, keys)
+        current, reason = up_to_date(client, keys, manifest, found)
     if current and manifest is not None:
         writer = run_id_of(manifest.ingest_id)
-        if not writer or not ingest_succeeded(writer):
+        if not writer or not ingest_succeeded(writer, manifest.map_index):
             current = False
             reason = (
                 f"{reason}, but the run that wrote them ({writer or 'not a DAG run'}) has no "
                 "successful ingest, so its asset events may never have been recorded"
             )
     if force:
-        log.info("force=true: ingesting whatever S3 holds (%s)", reason)
-        return True
+        log.info("%s: force=true: ingesting whatever S3 holds (%s)", site, reason)
+        return Decision(site, True, reason, found, manifest)
     if current:
-        log.info("Up to date, nothing to do: %s. Trigger with force=true to ingest anyway", reason)
-        return False
-    log.info("Ingesting: %s", reason)
-    return True
+        log.info("%s is up to date, nothing to do: %s. Trigger with force=true to ingest anyway",
+                 site, reason)  # fmt: skip
+        return Decision(site, False, reason, found, manifest)
+    log.info("Ingesting %s: %s", site, reason)
+    return Decision(site, True, reason, found, manifest)
 
 
 class _Member:
@@ -187,6 +212,8 @@ def _metadata(site: str, remote: source.RemoteArchive, ingest_id: str) -> dict[s
 
 def _stage(
     client: Any,
+    keys: publish.SiteKeys,
+    generation: str,
     found: source.Source,
     ingest_id: str,
     uploads: list[MultipartUpload],
@@ -222,8 +249,8 @@ def _stage(
                     for member in members:
                         upload = MultipartUpload(
                             client,
-                            BUCKET,
-                            KEYS.key(member),
+                            keys.bucket,
+                            keys.key(generation, member),
                             _metadata(found.site, remote, ingest_id),
                             part_size_for(declared[member].size),
                             uploaded,
@@ -243,27 +270,51 @@ def _stage(
     return staged
 
 
-def ingest(site: str, source_base_url: str, aws_conn_id: str, ingest_id: str) -> list[dict]:
-    """Stream, verify, validate and publish both files as one pair; the asset events' extras.
+def ingest(
+    site: str,
+    source_base_url: str,
+    aws_conn_id: str,
+    ingest_id: str,
+    storage: Storage,
+    map_index: int | None = None,
+) -> list[dict]:
+    """Stream, verify, validate and publish both files of ``site`` as one pair under the
+    site's lock; the asset events' extras (Posts, then Users).
 
     Nothing is published unless everything verified; any failure aborts every multipart
-    upload, and the previous pair stays readable and consistent.
+    upload, and the site's manifest keeps naming the previous pair.
     """
-    client = _client(aws_conn_id)
+    client = _client(aws_conn_id, storage.bucket)
     found = source.resolve(site, source_base_url, DownloadPolicy.from_env())
     log.info("Layout: %s (%s)", found.layout,
              ", ".join(a.name for a, _ in found.unique_archives()))  # fmt: skip
-    with s3.explained(aws_conn_id, BUCKET, "repairing the published pair"):
-        publish.recover(client, KEYS)
-    uploads: list[MultipartUpload] = []
-    try:
-        with s3.explained(aws_conn_id, BUCKET, "uploading"):
-            staged = _stage(client, found, ingest_id, uploads)
-    except BaseException:
-        for upload in uploads:
-            upload.abort()
-        raise
-    with s3.explained(aws_conn_id, BUCKET, "publishing the pair"):
-        manifest = publish.commit(client, KEYS, site, ingest_id, staged)
+    keys = site_keys(storage, site)
+    generation = publish.new_generation(ingest_id)
+    with (
+        s3.explained(aws_conn_id, storage.bucket, f"locking {site}"),
+        lock.held(client, keys, ingest_id, storage.lock_seconds),
+    ):
+        with s3.explained(aws_conn_id, storage.bucket, "cleaning up after dead runs"):
+            publish.abort_stale_uploads(client, keys)
+            current = publish.read_current(client, keys)
+        uploads: list[MultipartUpload] = []
+        try:
+            with s3.explained(aws_conn_id, storage.bucket, "uploading"):
+                staged = _stage(client, keys, generation, found, ingest_id, uploads)
+        except BaseException:
+            for upload in uploads:
+                upload.abort()
+            raise
+        with s3.explained(aws_conn_id, storage.bucket, "publishing the pair"):
+            manifest = publish.commit(
+                client,
+                keys,
+                ingest_id=ingest_id,
+                generation=generation,
+                staged=staged,
+                current=current,
+                keep_previous=storage.keep_previous,
+                map_index=map_index,
+            )
     metrics.published(manifest)
-    return [extra(site, ingest_id, manifest.objects[member]) for member in source.MEMBERS]
+    return [extra(keys, manifest, manifest.objects[member]) for member in source.MEMBERS]

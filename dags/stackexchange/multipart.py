@@ -5,7 +5,7 @@ Bytes are cut into parts of ``part_size`` and uploaded by a few threads while mo
 backpressure). The
 object appears only on :meth:`MultipartUpload.complete`; :meth:`MultipartUpload.abort` throws
 every uploaded part away. An upload nobody completes or aborts (the task was killed) is aborted
-by the next run (``publish.abort_stale_uploads``) and by the bucket's lifecycle rule.
+by the site's next writer (``publish.abort_stale_uploads``) and by the bucket's lifecycle rule.
 """
 
 from __future__ import annotations
@@ -137,10 +137,10 @@ class MultipartUpload:
         if self._error is not None:
             raise self._error
 
-    def complete(self) -> None:
-        """Make the object visible."""
+    def complete(self) -> dict[str, Any]:
+        """Make the object visible; S3's answer (its ETag and VersionId are the object's)."""
         parts = [{"PartNumber": n, "ETag": self._etags[n]} for n in sorted(self._etags)]
-        self.client.complete_multipart_upload(
+        return self.client.complete_multipart_upload(
             Bucket=self.bucket,
             Key=self.key,
             UploadId=self.upload_id,

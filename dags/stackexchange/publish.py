@@ -1,27 +1,33 @@
-"""Publish Posts.xml and Users.xml as a pair: the previous pair stays whole until the new one is.
+"""Publish a site's Posts.xml and Users.xml as a pair, committed by one S3 write.
 
-Both files stream into open multipart uploads (``multipart``), invisible until completed. Only
-when both validated and both archives verified does :func:`commit` make them visible:
+Layout of one site (``SiteKeys``)::
 
-1. ``_publish/pending.json`` records the intent (the ingest id, what the keys held before);
-2. the smaller object (Users) is completed first; on an unversioned bucket its previous version
-   is first copied aside, part for part so the copy keeps its ETag;
-3. the larger object (Posts) is completed; if that fails, Users is put back (the previous
-   version becomes current again on a versioned bucket, else the copy is restored) and the Posts
-   upload aborted, so the keys hold the previous pair;
-4. ``_manifest.json``, the commit record, is written last: both objects' ETag, VersionId,
-   sha256, rows, source version and the ingest id. Change detection reads it.
+    {prefix}/{site}/_manifest.json              the commit: names the current pair
+    {prefix}/{site}/_lock                       held by the one writer of the site (``lock``)
+    {prefix}/{site}/{generation}/Posts.xml      one generation per ingest, written once
+    {prefix}/{site}/{generation}/Users.xml
 
-If the task dies in the middle, :func:`recover` (run first by the next run) finishes the job from
-``pending.json``: a pair both of whose objects are new is committed, one of whose objects is new
-is rolled back; multipart uploads left open by dead runs are aborted.
+Each ingest streams both files into multipart uploads under its own generation, keys no other
+ingest ever writes. :func:`commit` completes both, then writes the manifest with one PUT, which
+is the commit: a reader that resolves the pair through the manifest sees the previous pair or
+the new one, whole, whenever the writer dies. A generation whose manifest was never written is
+garbage, deleted by the next commit's retention (or the bucket's lifecycle rule); nothing is
+ever rolled back, so nothing needs ``s3:DeleteObjectVersion``.
+
+Each object's identity comes from its own CompleteMultipartUpload response (ETag, VersionId),
+checked against a HEAD of the generation key that must carry this ingest's id in its metadata.
+A completion whose reply was lost (the retry answers NoSuchUpload) is recognised the same way:
+the object at our own key with our ingest id is ours. The manifest PUT is conditional on the
+manifest it replaces (If-Match its ETag, or If-None-Match for the first), so a writer that lost
+the lock cannot overwrite a newer commit.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,32 +39,47 @@ from stackexchange.source import RemoteArchive
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2
+MANIFEST = "_manifest.json"
+LOCK = "_lock"
 
 
 @dataclass(frozen=True)
-class Keys:
-    """Where a pair lives: the two objects, the manifest and the commit's scratch space."""
+class SiteKeys:
+    """Where one site's generations, manifest and lock live."""
 
     bucket: str
     prefix: str
+    site: str
+
+    @property
+    def site_prefix(self) -> str:
+        return f"{self.prefix}/{self.site}/"
 
     @property
     def manifest(self) -> str:
-        return f"{self.prefix}/_manifest.json"
+        return f"{self.site_prefix}{MANIFEST}"
 
     @property
-    def pending(self) -> str:
-        return f"{self.prefix}/_publish/pending.json"
+    def lock(self) -> str:
+        return f"{self.site_prefix}{LOCK}"
 
-    def backup(self, name: str) -> str:
-        return f"{self.prefix}/_publish/previous/{name}"
+    def key(self, generation: str, name: str) -> str:
+        return f"{self.site_prefix}{generation}/{name}"
 
-    def key(self, name: str) -> str:
-        return f"{self.prefix}/{name}"
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
 
-    def uri(self, name: str) -> str:
-        return f"s3://{self.bucket}/{self.key(name)}"
+
+def new_generation(ingest_id: str, now: datetime | None = None) -> str:
+    """A generation name: sortable by time, unique per ingest, safe in a key."""
+    moment = (now or datetime.now(UTC)).astimezone(UTC)
+    digest = hashlib.sha256(ingest_id.encode()).hexdigest()[:10]
+    return f"{moment:%Y%m%dT%H%M%SZ}-{digest}"
+
+
+class ConcurrentCommitError(RuntimeError):
+    """Another writer committed the site's manifest while this one ingested."""
 
 
 @dataclass(frozen=True)
@@ -89,10 +110,15 @@ class Staged:
 
 @dataclass(frozen=True)
 class Manifest:
+    """The commit record of a site: its current pair, and the generations kept for rollback."""
+
     site: str
     ingest_id: str
+    generation: str
     published_at: str
     objects: dict[str, PublishedObject]
+    map_index: int | None = None  # the writer's mapped task instance in its DAG run
+    previous: list[str] = field(default_factory=list)  # kept generations, newest first
 
     def to_json(self) -> bytes:
         body = {"format": FORMAT, **asdict(self)}
@@ -104,11 +130,34 @@ class Manifest:
         if body.get("format") != FORMAT:
             raise ValueError(f"manifest format {body.get('format')!r}, expected {FORMAT}")
         objects = {n: PublishedObject(**o) for n, o in body["objects"].items()}
-        return cls(body["site"], body["ingest_id"], body["published_at"], objects)
+        return cls(
+            body["site"],
+            body["ingest_id"],
+            body["generation"],
+            body["published_at"],
+            objects,
+            body.get("map_index"),
+            list(body.get("previous", [])),
+        )
+
+
+@dataclass(frozen=True)
+class Current:
+    """The manifest on S3 and its ETag (what the next commit's If-Match names)."""
+
+    manifest: Manifest | None
+    etag: str | None
 
 
 def _missing(exc: ClientError) -> bool:
     return exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
+
+
+def precondition_failed(exc: ClientError) -> bool:
+    """S3's answer to a failed If-Match/If-None-Match (412), or to a concurrent one (409)."""
+    code = exc.response.get("Error", {}).get("Code")
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412)
 
 
 def head(client: Any, bucket: str, key: str) -> dict[str, Any] | None:
@@ -120,45 +169,45 @@ def head(client: Any, bucket: str, key: str) -> dict[str, Any] | None:
         raise
 
 
-def _get_json(client: Any, bucket: str, key: str) -> bytes | None:
+def read_current(client: Any, keys: SiteKeys) -> Current:
     try:
-        return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        answer = client.get_object(Bucket=keys.bucket, Key=keys.manifest)
     except ClientError as exc:
         if _missing(exc):
-            return None
+            return Current(None, None)
         raise
-
-
-def read_manifest(client: Any, keys: Keys) -> Manifest | None:
-    data = _get_json(client, keys.bucket, keys.manifest)
-    if data is None:
-        return None
+    etag = strip_etag(answer["ETag"])
     try:
-        return Manifest.from_json(data)
+        return Current(Manifest.from_json(answer["Body"].read()), etag)
     except (ValueError, KeyError, TypeError) as exc:
-        log.warning("s3://%s/%s is unreadable (%s); treating the pair as unpublished",
-                    keys.bucket, keys.manifest, exc)  # fmt: skip
-        return None
+        log.warning("%s is unreadable (%s); treating the site as unpublished",
+                    keys.uri(keys.manifest), exc)  # fmt: skip
+        return Current(None, etag)
 
 
-def matches(client: Any, keys: Keys, manifest: Manifest) -> str | None:
-    """None if the keys hold exactly the manifest's objects, else what differs."""
-    for name, published in manifest.objects.items():
-        found = head(client, keys.bucket, keys.key(name))
+def read_manifest(client: Any, keys: SiteKeys) -> Manifest | None:
+    return read_current(client, keys).manifest
+
+
+def matches(client: Any, keys: SiteKeys, manifest: Manifest) -> str | None:
+    """None if the manifest's objects exist as recorded, else what differs."""
+    for published in manifest.objects.values():
+        key = published.uri.removeprefix(f"s3://{keys.bucket}/")
+        found = head(client, keys.bucket, key)
         if found is None:
-            return f"{keys.uri(name)} is missing"
+            return f"{published.uri} is missing"
         etag, version = strip_etag(found["ETag"]), version_of(found)
         if etag != published.etag or (published.version_id and version != published.version_id):
-            return f"{keys.uri(name)} is not the object the manifest records (ETag {etag})"
+            return f"{published.uri} is not the object the manifest records (ETag {etag})"
     return None
 
 
-def abort_stale_uploads(client: Any, keys: Keys) -> int:
-    """Abort every multipart upload under the prefix (left by runs that died). Call this only
-    when no other ingest runs (the DAG allows one active run)."""
+def abort_stale_uploads(client: Any, keys: SiteKeys) -> int:
+    """Abort every multipart upload of the site (left by writers that died). Only the holder of
+    the site's lock calls this."""
     aborted = 0
     paginator = client.get_paginator("list_multipart_uploads")
-    for page in paginator.paginate(Bucket=keys.bucket, Prefix=f"{keys.prefix}/"):
+    for page in paginator.paginate(Bucket=keys.bucket, Prefix=keys.site_prefix):
         for upload in page.get("Uploads", []):
             client.abort_multipart_upload(
                 Bucket=keys.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
@@ -169,164 +218,127 @@ def abort_stale_uploads(client: Any, keys: Keys) -> int:
     return aborted
 
 
-def _versioned(client: Any, bucket: str) -> bool:
-    return client.get_bucket_versioning(Bucket=bucket).get("Status") == "Enabled"
+def generations(client: Any, keys: SiteKeys) -> list[str]:
+    """Every generation folder of the site, oldest first."""
+    found: set[str] = set()
+    paginator = client.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=keys.bucket, Prefix=keys.site_prefix, Delimiter="/"):
+        for common in page.get("CommonPrefixes", []):
+            found.add(common["Prefix"].removeprefix(keys.site_prefix).rstrip("/"))
+    return sorted(found)
 
 
-def _copy(client: Any, bucket: str, source: str, target: str, part_size: int | None) -> None:
-    """Copy ``source`` to ``target`` server-side. With ``part_size`` (the source's own part
-    layout) the copy is made of the same parts, so it has the same ETag."""
-    found = head(client, bucket, source)
-    if found is None:
-        raise FileNotFoundError(f"s3://{bucket}/{source}")
-    size = found["ContentLength"]
-    if part_size is None:
-        client.copy({"Bucket": bucket, "Key": source}, bucket, target)
-        return
-    created = client.create_multipart_upload(
-        Bucket=bucket,
-        Key=target,
-        Metadata=found.get("Metadata", {}),
-        ContentType=found.get("ContentType", "application/xml"),
-    )
-    upload_id = created["UploadId"]
+def delete_generations(client: Any, keys: SiteKeys, names: list[str]) -> None:
+    for name in names:
+        paginator = client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=keys.bucket, Prefix=f"{keys.site_prefix}{name}/"):
+            for item in page.get("Contents", []):
+                client.delete_object(Bucket=keys.bucket, Key=item["Key"])
+        log.info("Deleted generation %s of %s", name, keys.site)
+
+
+def _completed(
+    client: Any, keys: SiteKeys, ingest_id: str, staged: Staged
+) -> tuple[str, str | None]:
+    """Complete the upload; its (ETag, VersionId) from S3's answer. A completion whose reply
+    was lost is recognised by the object at our own key carrying our ingest id."""
+    upload = staged.upload
     try:
-        parts = []
-        for number, start in enumerate(range(0, max(size, 1), part_size), start=1):
-            end = min(start + part_size, size) - 1
-            answer = client.upload_part_copy(
-                Bucket=bucket,
-                Key=target,
-                UploadId=upload_id,
-                PartNumber=number,
-                CopySource={"Bucket": bucket, "Key": source},
-                CopySourceRange=f"bytes={start}-{end}",
-            )
-            parts.append({"PartNumber": number, "ETag": answer["CopyPartResult"]["ETag"]})
-        client.complete_multipart_upload(
-            Bucket=bucket, Key=target, UploadId=upload_id, MultipartUpload={"Parts": parts}
+        answer = upload.complete()
+        return strip_etag(answer["ETag"]), version_of(answer)
+    except (ClientError, BotoCoreError) as exc:
+        found = head(client, keys.bucket, upload.key)
+        if found is None or found.get("Metadata", {}).get("ingest-id") != ingest_id:
+            raise
+        log.warning("The completion of %s answered %s, but S3 holds it: it completed",
+                    keys.uri(upload.key), exc)  # fmt: skip
+        return strip_etag(found["ETag"]), version_of(found)
+
+
+def _as_published(
+    client: Any, keys: SiteKeys, ingest_id: str, name: str, staged: Staged
+) -> PublishedObject:
+    etag, version = _completed(client, keys, ingest_id, staged)
+    key = staged.upload.key
+    found = head(client, keys.bucket, key)
+    if found is None or found.get("Metadata", {}).get("ingest-id") != ingest_id:
+        raise ConcurrentCommitError(f"{keys.uri(key)} is not the object ingest {ingest_id} wrote")
+    if strip_etag(found["ETag"]) != etag:
+        raise ConcurrentCommitError(
+            f"{keys.uri(key)} has ETag {strip_etag(found['ETag'])}, its completion said {etag}: "
+            "something else wrote this ingest's own key"
         )
-    except BaseException:
-        client.abort_multipart_upload(Bucket=bucket, Key=target, UploadId=upload_id)
+    return PublishedObject(
+        name=name,
+        uri=keys.uri(key),
+        etag=etag,
+        version_id=version,
+        last_modified=found["LastModified"].astimezone(UTC).isoformat(),
+        bytes=staged.file.bytes,
+        rows=staged.file.rows,
+        sha256=staged.file.sha256,
+        source_url=staged.source.url,
+        source_version=staged.source.version,
+        part_size=staged.upload.part_size,
+    )
+
+
+def put_manifest(client: Any, keys: SiteKeys, manifest: Manifest, replaces: str | None) -> None:
+    """The commit: one PUT, conditional on the manifest it replaces (``replaces``: its ETag,
+    None when the site has none)."""
+    condition = {"IfMatch": replaces} if replaces else {"IfNoneMatch": "*"}
+    try:
+        client.put_object(
+            Bucket=keys.bucket,
+            Key=keys.manifest,
+            Body=manifest.to_json(),
+            ContentType="application/json",
+            **condition,
+        )
+    except ClientError as exc:
+        if precondition_failed(exc) or (replaces and _missing(exc)):
+            raise ConcurrentCommitError(
+                f"{keys.uri(keys.manifest)} changed while ingest {manifest.ingest_id} ran: "
+                "another writer committed the site; its pair stays current"
+            ) from exc
         raise
-
-
-def _delete(client: Any, bucket: str, *keys: str) -> None:
-    for key in keys:
-        client.delete_object(Bucket=bucket, Key=key)
-
-
-def _put_json(client: Any, bucket: str, key: str, body: bytes) -> None:
-    client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json")
-
-
-def _restore(client: Any, keys: Keys, name: str, pending: dict[str, Any]) -> None:
-    """Put ``name`` back to what it was before the commit recorded in ``pending``."""
-    before = pending["before"].get(name)
-    key = keys.key(name)
-    if pending["versioned"]:
-        found = head(client, keys.bucket, key)
-        if found is not None and version_of(found) != (before or {}).get("version_id"):
-            client.delete_object(Bucket=keys.bucket, Key=key, VersionId=found["VersionId"])
-    elif before is None:
-        _delete(client, keys.bucket, key)
-    else:
-        _copy(client, keys.bucket, keys.backup(name), key, before.get("part_size"))
-    log.warning("Rolled %s back to the previous pair's object", keys.uri(name))
-
-
-def _is_new(client: Any, keys: Keys, name: str, ingest_id: str) -> bool:
-    found = head(client, keys.bucket, keys.key(name))
-    return found is not None and found.get("Metadata", {}).get("ingest-id") == ingest_id
-
-
-def _as_published(client: Any, keys: Keys, draft: PublishedObject) -> PublishedObject:
-    """``draft`` with the identity S3 gave the object now at its key."""
-    found = head(client, keys.bucket, keys.key(draft.name))
-    if found is None:
-        raise FileNotFoundError(f"{keys.uri(draft.name)} vanished while it was published")
-    identity = {
-        "etag": strip_etag(found["ETag"]),
-        "version_id": version_of(found),
-        "last_modified": found["LastModified"].astimezone(UTC).isoformat(),
-    }
-    return PublishedObject(**{**asdict(draft), **identity})
-
-
-def recover(client: Any, keys: Keys) -> None:
-    """Finish or undo a commit a dead run left half done; abort its open uploads."""
-    abort_stale_uploads(client, keys)
-    data = _get_json(client, keys.bucket, keys.pending)
-    if data is None:
-        return
-    pending = json.loads(data)
-    ingest_id, order = pending["ingest_id"], pending["order"]
-    new = [name for name in order if _is_new(client, keys, name, ingest_id)]
-    if len(new) == len(order):
-        manifest = Manifest.from_json(pending["manifest"].encode())
-        objects = {
-            name: _as_published(client, keys, draft) for name, draft in manifest.objects.items()
-        }
-        committed = Manifest(manifest.site, ingest_id, manifest.published_at, objects)
-        _put_json(client, keys.bucket, keys.manifest, committed.to_json())
-        log.warning("Committed the pair of ingest %s that a dead run left unrecorded", ingest_id)
-    else:
-        for name in new:
-            _restore(client, keys, name, pending)
-        log.warning("Undid the unfinished commit of ingest %s: the keys hold the previous pair",
-                    ingest_id)  # fmt: skip
-    _delete(client, keys.bucket, *(keys.backup(n) for n in order), keys.pending)
 
 
 def commit(
-    client: Any, keys: Keys, site: str, ingest_id: str, staged: dict[str, Staged]
+    client: Any,
+    keys: SiteKeys,
+    *,
+    ingest_id: str,
+    generation: str,
+    staged: dict[str, Staged],
+    current: Current,
+    keep_previous: int,
+    map_index: int | None = None,
 ) -> Manifest:
-    """Make both staged objects visible as one pair (see the module docstring)."""
-    previous = read_manifest(client, keys)
-    versioned = _versioned(client, keys.bucket)
-    order = sorted(staged, key=lambda name: staged[name].file.bytes)  # the smaller first
-    before: dict[str, dict[str, Any] | None] = {}
-    for name in order:
-        found = head(client, keys.bucket, keys.key(name))
-        known = previous.objects.get(name) if previous else None
-        before[name] = found and {
-            "etag": strip_etag(found["ETag"]),
-            "version_id": version_of(found),
-            # The part layout is known for objects we published: their copy keeps the ETag.
-            "part_size": known.part_size if known and known.etag == strip_etag(found["ETag"])
-            else None,
-        }  # fmt: skip
-    now = datetime.now(UTC).isoformat(timespec="seconds")
-    draft = Manifest(site, ingest_id, now, {
-        name: PublishedObject(
-            name, keys.uri(name), "", None, "", s.file.bytes, s.file.rows, s.file.sha256,
-            s.source.url, s.source.version, s.upload.part_size,
-        )
-        for name, s in staged.items()
-    })  # fmt: skip
-    first = order[0]
-    if not versioned and before[first] is not None:
-        _copy(client, keys.bucket, keys.key(first), keys.backup(first), before[first]["part_size"])
-    pending = {"ingest_id": ingest_id, "order": order, "versioned": versioned, "before": before,
-               "manifest": draft.to_json().decode()}  # fmt: skip
-    _put_json(client, keys.bucket, keys.pending, json.dumps(pending).encode())
-    done: list[str] = []
+    """Complete both uploads, then write the manifest (the commit), then apply retention."""
+    objects: dict[str, PublishedObject] = {}
     try:
-        for name in order:
-            staged[name].upload.complete()
-            done.append(name)
-    except (ClientError, BotoCoreError):
-        for name in done:
-            _restore(client, keys, name, pending)
-        for name in order:
-            if name not in done:
-                staged[name].upload.abort()
-        _delete(client, keys.bucket, keys.backup(first), keys.pending)
+        for name in sorted(staged):
+            objects[name] = _as_published(client, keys, ingest_id, name, staged[name])
+    except BaseException:
+        for name, pending in staged.items():
+            if name not in objects:
+                pending.upload.abort()
         raise
-    objects = {name: _as_published(client, keys, draft.objects[name]) for name in order}
-    manifest = Manifest(site, ingest_id, now, objects)
-    _put_json(client, keys.bucket, keys.manifest, manifest.to_json())
-    _delete(client, keys.bucket, keys.backup(first), keys.pending)
-    log.info("Published the pair of ingest %s: %s", ingest_id,
+    before = current.manifest
+    kept = ([before.generation, *before.previous] if before else [])[:keep_previous]
+    manifest = Manifest(
+        site=keys.site,
+        ingest_id=ingest_id,
+        generation=generation,
+        published_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        objects=objects,
+        map_index=map_index,
+        previous=[g for g in kept if g != generation],
+    )
+    put_manifest(client, keys, manifest, current.etag)
+    log.info("Published the pair of ingest %s as generation %s: %s", ingest_id, generation,
              ", ".join(f"{o.uri} (ETag {o.etag})" for o in objects.values()))  # fmt: skip
+    keep = {generation, *manifest.previous}
+    delete_generations(client, keys, [g for g in generations(client, keys) if g not in keep])
     return manifest

@@ -1,7 +1,8 @@
-"""Runtime settings of the ingest, from the environment (read when a task runs, not at parse time).
+"""Settings of the ingest, from the environment, each read once and passed down.
 
-Bucket and prefix live in ``assets.py`` because the Asset URIs need them at parse time; the URL
-policy's settings (allowed hosts, file root) live in ``url_policy.py``.
+``Storage`` (bucket, prefix, retention, lock) is read once by each DAG file at parse time (the
+Asset URIs need it) and once by each task; ``max_active_sites`` once at parse time (the bound of
+the fan-out). The URL policy's settings (allowed hosts, file root) live in ``url_policy.py``.
 """
 
 from __future__ import annotations
@@ -76,3 +77,43 @@ class Limits:
 def checksums_url_override() -> str | None:
     """``STACKEXCHANGE_CHECKSUMS_URL``: an archive.org-style ``*_files.xml`` list, or ``none``."""
     return os.environ.get("STACKEXCHANGE_CHECKSUMS_URL", "").strip() or None
+
+
+@dataclass(frozen=True)
+class Storage:
+    """Where sites are published and how: ``s3://{bucket}/{prefix}/{site}/...``.
+
+    ``keep_previous``: generations kept besides the current one (for rollback); older ones are
+    deleted after each commit. ``lock_seconds``: how long a writer's lock on a site holds before
+    another run may take it over (a little longer than the ingest's execution_timeout).
+    """
+
+    bucket: str = "stackexchange-raw"
+    prefix: str = "raw/stackexchange"
+    keep_previous: int = 1
+    lock_seconds: float = 13 * 3600.0
+
+    @classmethod
+    def from_env(cls) -> Storage:
+        prefix = os.environ.get("STACKEXCHANGE_PREFIX", cls.prefix).strip().strip("/")
+        if not prefix:
+            raise ValueError("STACKEXCHANGE_PREFIX must not be empty: unset it or name a folder")
+        return cls(
+            bucket=os.environ.get("STACKEXCHANGE_BUCKET", "").strip() or cls.bucket,
+            prefix=prefix,
+            keep_previous=int(_number("STACKEXCHANGE_KEEP_PREVIOUS", cls.keep_previous)),
+            lock_seconds=_number("STACKEXCHANGE_LOCK_SECONDS", cls.lock_seconds),
+        )
+
+
+def max_active_sites() -> int:
+    """``STACKEXCHANGE_MAX_ACTIVE_SITES``: sites checked or ingested at once in one DAG run
+    (each ingest pod needs its CPU, memory and scratch disk). Read by the DAG file at parse time."""
+    return max(1, int(_number("STACKEXCHANGE_MAX_ACTIVE_SITES", 4)))
+
+
+def plan_bytes_per_second() -> float:
+    """``STACKEXCHANGE_PLAN_BYTES_PER_SECOND``: the archive bytes one ingest gets through per
+    second, for the dry run's time estimate. The default is archive.org's usual per-connection
+    rate, which bounds the ingest (``make bench``: the ingest keeps up with a paced source)."""
+    return max(1.0, _number("STACKEXCHANGE_PLAN_BYTES_PER_SECOND", 10e6))

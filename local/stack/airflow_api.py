@@ -58,7 +58,9 @@ class AirflowApi:
         """The value a task of the run pushed under ``key`` (the first task that did)."""
         for ti in self.task_instances(dag_id, run_id):
             path = f"dags/{dag_id}/dagRuns/{run_id}/taskInstances/{ti['task_id']}/xcomEntries/{key}"
-            response = self.session.get(f"{self.base_url}/api/v2/{path}", timeout=30)
+            response = self.session.get(
+                f"{self.base_url}/api/v2/{path}", params={"map_index": ti["map_index"]}, timeout=30
+            )
             if response.status_code != 404:
                 response.raise_for_status()
                 return response.json()["value"]

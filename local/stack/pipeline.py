@@ -65,7 +65,7 @@ def run_pipeline(info: StackInfo, api: AirflowApi, timeout: float, log: Log) -> 
     started = time.monotonic()
     deadline = started + timeout
     run_dir = Path(info.run_dir)
-    conf = {"source_base_url": info.files_url, "site": info.site, "force": True}
+    conf = {"source_base_url": info.files_url, "sites": [info.site], "force": True}
     info.producer_run_id = api.trigger(PRODUCER, conf)["dag_run_id"]
     log(f"Triggered {PRODUCER} run {info.producer_run_id} with conf {json.dumps(conf)}")
 

@@ -13,7 +13,7 @@ from medallion.objects import Identity, ensure_announced
 from medallion.schemas import ATTRIBUTE_PREFIX, with_attribute_prefix
 
 METADATA_COLUMNS = [
-    "_site",
+    "site",
     "_source_uri",
     "_source_sha256",
     "_source_etag",
@@ -53,14 +53,15 @@ def with_ingestion_metadata(
     source: Identity,
     ingested_at: datetime,
 ) -> DataFrame:
-    """Add the lineage columns: site, the source object as announced, ingestion time (UTC).
+    """Add the site (the tables' clustering key) and the lineage columns: the source object as
+    announced, ingestion time (UTC).
 
     An ETag the event lacks (older producer) or an empty VersionId (unversioned bucket) is
     recorded as null.
     """
     return df.select(
         "*",
-        F.lit(site).alias("_site"),
+        F.lit(site).alias("site"),
         F.lit(source_uri).alias("_source_uri"),
         F.lit(source_sha256).alias("_source_sha256"),
         F.lit(source.etag or None).cast("string").alias("_source_etag"),
@@ -79,7 +80,8 @@ def ingest(
     sha256: str,
     announced: Identity,
 ) -> None:
-    """Replace ``table`` with the dump file at ``uri``, only if it is the announced object.
+    """Replace ``site``'s rows of ``table`` with the dump file at ``uri``, only if it is the
+    announced object; other sites' rows are not touched.
 
     The object is checked right before the read and again right after it (the write is where
     Spark reads). If a newer ingest replaced it in between, the task fails: nothing downstream
@@ -95,5 +97,5 @@ def ingest(
         source=announced,
         ingested_at=datetime.now(UTC),
     )
-    tables.overwrite(rows, table)
+    tables.replace_site(rows, table, site)
     ensure_announced(spark, uri, announced)

@@ -1,4 +1,4 @@
-"""Gold: posts with their owners, and the most popular tags."""
+"""Gold, per site: posts with their owners, and the most popular tags."""
 
 from __future__ import annotations
 
@@ -14,13 +14,21 @@ OWNER_COLUMNS = {
 
 
 def post_users(posts: DataFrame, users: DataFrame) -> DataFrame:
-    """Every silver post with its owner's profile; posts without a known owner are kept.
+    """Every silver post with its owner's profile (of the same site: user ids are per site);
+    posts without a known owner are kept.
 
     The owner name falls back to the post's ``OwnerDisplayName`` (deleted or anonymous users).
     """
-    owners = users.select([F.col(name).alias(alias) for name, alias in OWNER_COLUMNS.items()])
-    joined = posts.join(owners, posts["OwnerUserId"] == owners["OwnerId"], "left")
+    owners = users.select(
+        F.col("site").alias("OwnerSite"),
+        *[F.col(name).alias(alias) for name, alias in OWNER_COLUMNS.items()],
+    )
+    same_owner = (posts["OwnerUserId"] == owners["OwnerId"]) & (
+        posts["site"] == owners["OwnerSite"]
+    )
+    joined = posts.join(owners, same_owner, "left")
     return joined.select(
+        "site",
         "PostId",
         "PostType",
         "Title",
@@ -36,14 +44,16 @@ def post_users(posts: DataFrame, users: DataFrame) -> DataFrame:
 
 
 def most_popular_tags(posts: DataFrame) -> DataFrame:
-    """Tags by the number of distinct posts carrying them; ties ordered by tag name.
+    """Per site, tags by the number of distinct posts carrying them; ties ordered by tag name.
 
-    ``Rank`` is 1-based and unique, so "top N" is ``Rank <= N`` and reads the same every run.
+    ``Rank`` is 1-based and unique within a site, so a site's "top N" is ``Rank <= N`` and reads
+    the same every run.
     """
     counts = (
-        posts.select("PostId", F.explode("Tags").alias("Tag"))
-        .groupBy("Tag")
+        posts.select("site", "PostId", F.explode("Tags").alias("Tag"))
+        .groupBy("site", "Tag")
         .agg(F.countDistinct("PostId").alias("Posts"))
     )
-    order = Window.orderBy(F.col("Posts").desc(), F.col("Tag").asc())
-    return counts.select(F.row_number().over(order).alias("Rank"), "Tag", "Posts").orderBy("Rank")
+    order = Window.partitionBy("site").orderBy(F.col("Posts").desc(), F.col("Tag").asc())
+    ranked = counts.select("site", F.row_number().over(order).alias("Rank"), "Tag", "Posts")
+    return ranked.orderBy("site", "Rank")

@@ -1,4 +1,5 @@
-"""Silver posts: tags as an array, post types by name, ``PostId`` as the key, one row per post."""
+"""Silver posts: tags as an array, post types by name, ``(site, PostId)`` as the key, one row per
+post of each site (``PostId`` is unique only within a site)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ POST_TYPES: dict[int, str] = {
 }
 UNKNOWN = "Unknown"
 KEY = "PostId"
+KEYS = ("site", KEY)
 # Hash of a post's content columns (not the ``_`` lineage columns): what tells an edit apart.
 HASH_COLUMN = "_row_hash"
 
@@ -51,8 +53,9 @@ def to_silver_posts(bronze_posts: DataFrame) -> DataFrame:
 
 
 def latest_per_post(posts: DataFrame) -> DataFrame:
-    """One row per ``PostId``: the most recently active (then edited) version, deterministically."""
-    order = Window.partitionBy(KEY).orderBy(
+    """One row per ``(site, PostId)``: the most recently active (then edited) version,
+    deterministically."""
+    order = Window.partitionBy(*KEYS).orderBy(
         F.col("LastActivityDate").desc_nulls_last(),
         F.col("LastEditDate").desc_nulls_last(),
         F.col("_ingested_at").desc_nulls_last(),
@@ -67,17 +70,6 @@ def with_row_hash(posts: DataFrame) -> DataFrame:
     return posts.withColumn(
         HASH_COLUMN, F.sha2(F.to_json(F.struct(*[F.col(name) for name in content])), 256)
     )
-
-
-def ensure_same_site(silver_posts: DataFrame, site: str) -> None:
-    """Refuse to mix sites in one table: ``PostId`` is unique only within a site."""
-    rows = silver_posts.select("_site").where(F.col("_site") != site).distinct().collect()
-    if rows:
-        others = sorted(row["_site"] for row in rows)
-        raise ValueError(
-            f"silver_posts holds site(s) {others}, this run is for {site!r}: PostId is unique "
-            "only within a site, so run the job with another schema (job parameter `schema`)."
-        )
 
 
 def prepare_upsert(bronze_posts: DataFrame) -> DataFrame:
