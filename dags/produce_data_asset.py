@@ -134,7 +134,7 @@ def produce_data_asset() -> None:
         """The sites to fan out over; none on a dry run, which logs its plan instead."""
         from stackexchange import sites
         from stackexchange.ingest import check
-        from stackexchange.settings import DownloadPolicy, Limits, plan_bytes_per_second
+        from stackexchange.settings import DownloadPolicy, plan_bytes_per_second
 
         params = get_current_context()["params"]
         base = params["source_base_url"]
@@ -148,8 +148,7 @@ def produce_data_asset() -> None:
                 check(site, base, bool(params["force"]), AWS_CONN_ID, lambda *_: True, STORAGE)
                 for site in chosen
             ]
-        margin = Limits.from_env().disk_margin_bytes
-        for line in sites.plan_lines(decisions, plan_bytes_per_second(), margin):
+        for line in sites.plan_lines(decisions, plan_bytes_per_second()):
             log.info("%s", line)
         return []
 

@@ -252,9 +252,7 @@ def test_a_run_lost_in_a_standin_restart_fails_the_deferred_task(tmp_path, monke
     """The stand-in process stops while the deferred task's run runs, and starts again on the
     same state directory and port: the trigger sees that run end INTERNAL_ERROR, not the run a
     new client started after the restart."""
-    from stackexchange.databricks_job import job_parameters
-
-    sent = list(job_parameters(_context()["triggering_asset_events"]))
+    sent = list(_parameters())
     bundle = write_bundle(
         tmp_path / "bundle", "stackexchange_medallion", sent, "import time", "time.sleep(600)"
     )

@@ -152,12 +152,14 @@ def test_the_image_lock_matches_requirements_and_constraints() -> None:
     assert lock_problems(read(), requirements, constraints, airflow) == []
     assert len(pins(read())) > len(pins(requirements))  # the whole closure, not just ours
     # and it notices a moved pin or a missing hash
-    moved = requirements.replace("py7zr==1.0.0", "py7zr==0.22.0")
+    moved = requirements.replace("urllib3==2.8.0", "urllib3==2.7.0")
     assert lock_problems(read(), moved, constraints, airflow) == [
-        "py7zr: lock 1.0.0, wanted 0.22.0"
+        "urllib3: lock 2.8.0, wanted 2.7.0"
     ]
-    unhashed = re.sub(r"(py7zr==1\.0\.0) \\\n(\s+--hash=\S+( \\)?\n)+", r"\1\n", read())
-    assert lock_problems(unhashed, requirements, constraints, airflow) == ["no hash: py7zr==1.0.0"]
+    unhashed = re.sub(r"(urllib3==2\.8\.0) \\\n(\s+--hash=\S+( \\)?\n)+", r"\1\n", read())
+    assert lock_problems(unhashed, requirements, constraints, airflow) == [
+        "no hash: urllib3==2.8.0"
+    ]
 
 
 def shellcheck(*paths: Path) -> subprocess.CompletedProcess[str]:

@@ -324,13 +324,14 @@ def test_a_real_ingest_sends_its_figures_to_statsd(
     airflow_db: None, aws_conn: str, dump: tuple[str, dict[str, bytes], int]
 ) -> None:
     from local.services import s3_client
-    from stackexchange.assets import BUCKET
+    from stackexchange.settings import Storage
 
     base_url, members, archive_size = dump
     client = s3_client(aws_conn)
-    if BUCKET not in {b["Name"] for b in client.list_buckets()["Buckets"]}:
-        client.create_bucket(Bucket=BUCKET)
-    conf = {"site": SITE, "source_base_url": base_url, "force": True}
+    bucket = Storage.from_env().bucket
+    if bucket not in {b["Name"] for b in client.list_buckets()["Buckets"]}:
+        client.create_bucket(Bucket=bucket)
+    conf = {"sites": [SITE], "source_base_url": base_url, "force": True}
     with StatsdListener() as statsd:
         env = {
             **os.environ,

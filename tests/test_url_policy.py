@@ -224,7 +224,7 @@ def producer_params():
     return bag.dags["produce_data_asset"].params  # no DB: not get_dag()
 
 
-def param_accepts(params, name: str, value: str) -> bool:
+def param_accepts(params, name: str, value: object) -> bool:
     """What Airflow does with a trigger's conf: the Param's JSON schema, Python's re.search."""
     from airflow.exceptions import ParamValidationError
 
@@ -242,8 +242,10 @@ def param_accepts(params, name: str, value: str) -> bool:
     [(s, True) for s in GOOD_SITES] + [(s, False) for s in BAD_SITES.values()],
     ids=[s[:30] for s in GOOD_SITES] + list(BAD_SITES),
 )
-def test_site_param_agrees_with_check_site(producer_params, site: str, accepted: bool) -> None:
-    assert param_accepts(producer_params, "site", site) is accepted
+def test_sites_param_agrees_with_check_site(producer_params, site: str, accepted: bool) -> None:
+    assert param_accepts(producer_params, "sites", [site]) is accepted
+    # one bad name refuses the whole list, before any download
+    assert param_accepts(producer_params, "sites", [GOOD_SITES[0], site]) is accepted
 
 
 @pytest.mark.parametrize(

@@ -96,20 +96,22 @@ class Estimate:
 
 # Expansion of a real dump (XML / 7z), to size the part buffers before the header is read.
 TYPICAL_EXPANSION = 6
-# The worker's own footprint beside its part buffers (interpreter, py7zr, validator children).
+# The worker's own footprint beside its part buffers (interpreter, decoder, validator children).
 BASE_MEMORY_BYTES = 100 << 20
+# Local disk of an ingest at any dump size: the archive is read forward, never stored.
+INGEST_DISK_BYTES = 64 << 20
 
 
-def estimate(decision: Decision, bytes_per_second: float, disk_margin: int) -> Estimate:
+def estimate(decision: Decision, bytes_per_second: float) -> Estimate:
     archives = [remote for remote, _ in decision.source.unique_archives()]
     size = sum(remote.size or 0 for remote in archives)
     biggest = max((remote.size or 0 for remote in archives), default=0)
     # Three part buffers per file being written (two uploading, one filling).
     buffers = 3 * part_size_for(biggest * TYPICAL_EXPANSION) * len(MEMBERS)
-    return Estimate(size, size + disk_margin, BASE_MEMORY_BYTES + buffers, size / bytes_per_second)
+    return Estimate(size, INGEST_DISK_BYTES, BASE_MEMORY_BYTES + buffers, size / bytes_per_second)
 
 
-def plan_lines(decisions: list[Decision], bytes_per_second: float, disk_margin: int) -> list[str]:
+def plan_lines(decisions: list[Decision], bytes_per_second: float) -> list[str]:
     """The dry run's table: per site its archives, sizes, what would happen; then totals."""
     lines = [f"Plan for {len(decisions)} site(s) at {human_bytes(bytes_per_second)}/s per ingest:"]
     todo = [d for d in decisions if d.ingest]
@@ -119,7 +121,7 @@ def plan_lines(decisions: list[Decision], bytes_per_second: float, disk_margin: 
             for remote, _ in decision.source.unique_archives()
         )
         if decision.ingest:
-            need = estimate(decision, bytes_per_second, disk_margin)
+            need = estimate(decision, bytes_per_second)
             what = (
                 f"INGEST: {decision.reason}; needs disk {human_bytes(need.disk_bytes)}, memory "
                 f"{human_bytes(need.memory_bytes)}, about {need.seconds:.0f} s"
@@ -127,7 +129,7 @@ def plan_lines(decisions: list[Decision], bytes_per_second: float, disk_margin: 
         else:
             what = f"SKIP (unchanged): {decision.reason}"
         lines.append(f"  {decision.site}: {archives} -> {what}")
-    needs = [estimate(d, bytes_per_second, disk_margin) for d in todo]
+    needs = [estimate(d, bytes_per_second) for d in todo]
     lines.append(
         f"Total: {len(todo)} to ingest, {len(decisions) - len(todo)} unchanged; download "
         f"{human_bytes(sum(n.download_bytes for n in needs))}, about "

@@ -107,7 +107,9 @@ def _start(options: Options, run_dir: Path, log: Log) -> StackInfo:
     # not ~/airflow, and keep its provider-loading chatter out of the demo's output.
     os.environ["AIRFLOW_HOME"] = str(run_dir / "airflow")
     os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "WARNING"
-    from stackexchange.assets import BUCKET
+    from stackexchange.settings import Storage
+
+    bucket = Storage.from_env().bucket
 
     moto = MotoS3()
     files_port, databricks_port = services.free_port(), services.free_port()
@@ -178,7 +180,7 @@ def _start(options: Options, run_dir: Path, log: Log) -> StackInfo:
         warehouse=str(warehouse),
         site=SITE,
         dump=str(dump),
-        bucket=BUCKET,
+        bucket=bucket,
     )
     env = {**aws_env, **_airflow_env(info, options, base_env, sql_url, token_file), **secrets_env}
     Path(info.password_file).parent.mkdir(parents=True, exist_ok=True)
@@ -210,7 +212,7 @@ def _start(options: Options, run_dir: Path, log: Log) -> StackInfo:
         started[name] = processes.start(run_dir, name, [_bin("airflow"), *args], env=env)
 
     processes.wait_for("moto S3", moto.answers, timeout=60, service=started["s3"])
-    moto.create_bucket(BUCKET)
+    moto.create_bucket(bucket)
     processes.wait_for(
         "the file server",
         lambda: http_answers(f"{info.files_url}/{dump.name}"),
