@@ -128,7 +128,7 @@ def _start(options: Options, run_dir: Path, log: Log) -> StackInfo:
             [
                 sys.executable,
                 "-m",
-                "http.server",
+                "local.file_server",  # honours Range, as the producer needs
                 str(files_port),
                 "--bind",
                 "127.0.0.1",
