@@ -1,5 +1,6 @@
 """The official chart rendered by real Helm with exactly the arguments the install script passes,
-once per scenario and test session, and readers for the rendered objects.
+once per scenario and test session (shared by the pytest-xdist workers), and readers for the
+rendered objects.
 
 A scenario is the environment of one stub run of scripts/install-airflow.sh
 (tests/script_sandbox.py): its `helm upgrade --install` arguments are captured and given to
@@ -10,7 +11,10 @@ A scenario is the environment of one stub run of scripts/install-airflow.sh
 from __future__ import annotations
 
 import configparser
+import fcntl
 import functools
+import os
+import pickle
 import re
 import subprocess
 from collections.abc import Callable
@@ -84,6 +88,20 @@ def tools() -> k8s_tools.Tools:
 
 @functools.cache
 def rendered(scenario: str, tmp: Path) -> Docs:
+    """`render(scenario)` once per session: the first worker to ask renders it under a lock and
+    leaves the objects in `tmp` (shared by the workers) for the others."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    cache = tmp / f"{scenario}.pickle"
+    with open(tmp / f"{scenario}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if cache.exists():
+            return pickle.loads(cache.read_bytes())
+        docs = render(scenario, tmp)
+        cache.write_bytes(pickle.dumps(docs))
+    return docs
+
+
+def render(scenario: str, tmp: Path) -> Docs:
     """helm template with the helm upgrade arguments the install script used in `scenario`: the
     Airflow chart, then the repository's own chart (chart/platform) of the second release."""
     root = tmp / scenario
@@ -129,8 +147,15 @@ def renderer(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Docs]:
         tools()
     except k8s_tools.ToolError as error:
         pytest.fail(str(error), pytrace=False)
-    tmp = tmp_path_factory.getbasetemp() / "chart-render"
+    tmp = render_dir(tmp_path_factory)
     return lambda scenario: rendered(scenario, tmp)
+
+
+def render_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the session's renders (and each scenario's stub-cluster state) are kept: pytest-xdist
+    gives each worker a directory inside the session's own."""
+    base = tmp_path_factory.getbasetemp()
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "chart-render"
 
 
 @functools.cache

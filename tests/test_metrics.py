@@ -300,7 +300,7 @@ dag = bag.dags[sys.argv[2]]
 for task in dag.tasks:
     task.retries = 0
 run = dag.test(run_conf=json.loads(sys.argv[3]))
-print("STATE", run.state, run.get_task_instance("ingest").state)
+print("STATE", run.state, run.get_task_instance("ingest", map_index=0).state)
 """
 
 

@@ -36,7 +36,7 @@ DB_USERS = ("scheduler", "api-server", "dag-processor", "triggerer", "run-airflo
 @pytest.fixture(scope="module")
 def render_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     chart_render.renderer(tmp_path_factory)  # fails (never skips) without Helm or the chart
-    return tmp_path_factory.mktemp("production")
+    return chart_render.render_dir(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
