@@ -27,7 +27,8 @@ import pytest
 from local.stack import postgres, processes
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.e2e
+# one PostgreSQL server and one migrated Airflow schema for the module: its tests share a worker
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("postgres")]
 
 ROLE = "airflow_backup"
 # Every character a URI must encode, and the two pgpass escapes (':' and '\').
