@@ -415,6 +415,7 @@ def worker_ingest(spec: dict[str, Any]) -> None:
     from airflow.models.connection import Connection
 
     from stackexchange import dump_xml, ingest
+    from stackexchange.settings import Storage
 
     # The first connection lookup configures Airflow's ORM (~1.2 s here), as any hook does once
     # per task process; that is the interpreter's cost too, not the ingest's.
@@ -427,7 +428,9 @@ def worker_ingest(spec: dict[str, Any]) -> None:
     )
     with PeakSampler(Path(tempfile.gettempdir()), int(bare.stdout)) as sampler:
         started, cpu_before, machine_before = time.monotonic(), cpu_seconds(), machine_cpu_seconds()
-        extras = ingest.ingest(SITE, spec["base_url"], "aws_conn", f"bench-{time.time()}")
+        extras = ingest.ingest(
+            SITE, spec["base_url"], "aws_conn", f"bench-{time.time()}", Storage.from_env()
+        )
         seconds, cpu = time.monotonic() - started, cpu_seconds() - cpu_before
         machine = machine_cpu_seconds() - machine_before
     peak = {**sampler.peak, "children_seen": len(sampler.children_seen)}
