@@ -283,7 +283,9 @@ def ingest(
     site's lock; the asset events' extras (Posts, then Users).
 
     Nothing is published unless everything verified; any failure aborts every multipart
-    upload, and the site's manifest keeps naming the previous pair.
+    upload, and the site's manifest keeps naming the previous pair. A site with no manifest
+    first adopts the pair an earlier version left at the fixed keys (``legacy.adopt``); if that
+    is the source's current version, it is announced and nothing is downloaded.
     """
     client = _client(aws_conn_id, storage.bucket)
     found = source.resolve(site, source_base_url, DownloadPolicy.from_env())
