@@ -4,8 +4,8 @@ becomes the site's first generation, committed by the site's manifest, and is an
 there; nothing else is ever replaced.
 
 Against moto's S3 server over HTTP and a local HTTP mirror of the dump; the legacy objects are
-written as the earlier producer wrote them (metadata and manifest fields from its
-``publish.py``/``ingest.py``, git history before the per-site layout).
+written as the earlier producer wrote them (``tests/legacy_layout.py``). The whole DAG's run
+over a legacy pair: ``test_produce_dag_e2e.py``.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from local.services import s3_client
 from stackexchange import databricks_job, ingest, legacy, multipart, publish, source
 from stackexchange.assets import raw_assets
 from stackexchange.settings import DownloadPolicy, Storage
+from tests import legacy_layout
 from tests.http_fixtures import DumpServer, S3FaultProxy
 
 SITE = "legacy.stackexchange.com"
@@ -37,7 +38,6 @@ STORAGE = Storage()
 BUCKET = STORAGE.bucket
 KEYS = ingest.site_keys(STORAGE, SITE)
 MEMBERS = ("Posts.xml", "Users.xml")
-LEGACY_INGEST = "scheduled__2026-11-30T00:00:00+00:00#1"
 pytestmark = pytest.mark.e2e
 
 
@@ -81,7 +81,7 @@ def s3(aws_conn: str, monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 def legacy_key(name: str) -> str:
-    return f"{STORAGE.prefix}/{name}"
+    return legacy_layout.legacy_key(STORAGE.prefix, name)
 
 
 def write_legacy(
@@ -90,32 +90,9 @@ def write_legacy(
     source_of: dict[str, source.RemoteArchive],
     *,
     site: str = SITE,
-    members: tuple[str, ...] = MEMBERS,
-    with_manifest: bool = True,
-) -> dict[str, str]:
-    """The earlier producer's pair of ``site``: objects with its metadata, then its manifest
-    (format 1); the objects' ETags."""
-    etags, objects = {}, {}
-    for name in members:
-        remote = source_of[name]
-        metadata = {"site": site, "source-url": remote.url, "source-version": remote.version,
-                    "ingest-id": LEGACY_INGEST}  # fmt: skip
-        answer = client.put_object(
-            Bucket=BUCKET, Key=legacy_key(name), Body=files[name], Metadata=metadata
-        )
-        etags[name] = answer["ETag"].strip('"')
-        objects[name] = {
-            "name": name, "uri": f"s3://{BUCKET}/{legacy_key(name)}", "etag": etags[name],
-            "version_id": None, "last_modified": datetime.now(UTC).isoformat(),
-            "bytes": len(files[name]), "rows": files[name].count(b"<row "),
-            "sha256": hashlib.sha256(files[name]).hexdigest(), "source_url": remote.url,
-            "source_version": remote.version, "part_size": 16 << 20,
-        }  # fmt: skip
-    if with_manifest:
-        body = {"format": 1, "site": site, "ingest_id": LEGACY_INGEST,
-                "published_at": datetime.now(UTC).isoformat(), "objects": objects}  # fmt: skip
-        client.put_object(Bucket=BUCKET, Key=legacy_key("_manifest.json"), Body=json.dumps(body))
-    return etags
+    **options: Any,
+) -> None:
+    legacy_layout.write_legacy(client, BUCKET, STORAGE.prefix, site, files, source_of, **options)
 
 
 def resolved(mirror: Mirror) -> dict[str, source.RemoteArchive]:
@@ -237,7 +214,10 @@ def test_a_legacy_pair_without_its_manifest_is_refused(mirror: Mirror, s3: Any) 
 
 @pytest.mark.parametrize(
     ("ingest_id", "refusal"),
-    [("cut-short#1", "not the pair .* records"), (LEGACY_INGEST, "its legacy manifest records")],
+    [
+        ("cut-short#1", "not the pair .* records"),
+        (legacy_layout.LEGACY_INGEST, "its legacy manifest records"),
+    ],
     ids=["written-by-another-ingest", "same-ingest-other-bytes"],
 )
 def test_a_legacy_object_that_is_not_the_recorded_one_is_refused(
