@@ -78,8 +78,8 @@ def _legacy_manifest(client: Any, keys: publish.SiteKeys, fix: str) -> dict[str,
         ) from None
     try:
         found = json.loads(body["Body"].read())
-        if found.get("format") != LEGACY_FORMAT:
-            raise ValueError(f"format {found.get('format')!r}, expected {LEGACY_FORMAT}")
+        if not isinstance(found, dict) or found.get("format") != LEGACY_FORMAT:
+            raise ValueError(f"not a format {LEGACY_FORMAT} manifest")
         return found
     except ValueError as exc:
         raise LegacyPairError(f"{where} is unreadable ({exc}): {fix}") from None
@@ -114,7 +114,7 @@ def find(client: Any, keys: publish.SiteKeys) -> LegacyPair | None:
             f"the legacy objects of {keys.site} (ingest {', '.join(map(str, ingest_ids))}) are "
             f"not the pair {keys.uri(legacy_key(keys, LEGACY_MANIFEST))} records (site "
             f"{recorded.get('site')!r}, ingest {recorded.get('ingest_id')!r}): an earlier "
-            f"version's commit was cut short: {fix}"
+            f"version's commit was cut short, or something else wrote them: {fix}"
         )
     objects = {}
     for name, found in ours.items():
