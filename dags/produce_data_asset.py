@@ -19,7 +19,8 @@ schedule `trigger_databricks_workflow_dag`.
    - **ingest**: under the site's lock, one streaming pipeline: download (HTTP Range resume) →
      py7zr → XML validation, sha256 and row count → S3 multipart parts of this ingest's own
      generation; then the site's manifest, written with one PUT, commits the pair; one asset
-     event per file.
+     event per file. A site's first ingest after the upgrade from the single-site layout adopts
+     the pair that version left (README: "Upgrading from the single-site layout").
 
 Connection: `aws_conn` (its `endpoint_url` extra selects any S3-compatible server).
 Bucket and prefix: env `STACKEXCHANGE_BUCKET`, `STACKEXCHANGE_PREFIX`. The ingest's pod on

@@ -170,7 +170,7 @@ def test_producer_emits_exactly_what_the_consumer_is_scheduled_on(dagbag) -> Non
 INGEST_MODULES = tuple(
     f"stackexchange.{name}"
     for name in ("source", "download", "archive", "sevenzip", "dump_xml", "multipart", "publish",
-                 "s3", "url_policy", "ingest")
+                 "s3", "url_policy", "ingest", "legacy")
 )  # fmt: skip
 
 

@@ -180,3 +180,64 @@ def test_local_branch_upserts_exactly_as_the_delta_merge(
         tables.upsert(spark.createDataFrame(BATCH, frame), table, keys=KEYS,
                       hash_column=HASH_COLUMN, site="a.example")  # fmt: skip
         assert sorted(tuple(r) for r in tables.read(spark, table).collect()) == EXPECTED
+
+
+LEGACY_COLUMNS = ["PostId", "_site", "_row_hash", "Title"]  # the single-site version's silver
+
+
+def test_evolution_statement_replaces_the_legacy_table_with_its_rows_renamed(parser) -> None:
+    (statement,) = tables.evolution_sql(TABLE, LEGACY_COLUMNS, "batch_4")
+    plan = parser.parsePlan(statement)
+
+    assert plan.getClass().getSimpleName() == "ReplaceTableAsSelect"
+    assert plan.orCreate()
+    assert _parts(plan.name().nameParts()) == ["main", "stack`exchange", "silver_posts"]
+    assert plan.tableSpec().provider().get().lower() == "delta"
+    clustering = plan.partitioning().mkString()
+    assert "cluster_by" in clustering and "site" in clustering
+    query = plan.query()
+    assert query.getClass().getSimpleName() == "Project"
+    assert [query.projectList().apply(i).sql() for i in range(query.projectList().size())] == [
+        "PostId", "_site AS site", "_row_hash", "Title",
+    ]  # fmt: skip
+    source = query.child()
+    assert _parts(source.multipartIdentifier()) == ["main", "stack`exchange", "silver_posts"]
+
+
+def test_evolution_statement_recreates_a_table_without_site_information_empty(parser) -> None:
+    (statement,) = tables.evolution_sql(TABLE, ["Rank", "Tag", "Posts"], "batch_5")
+    plan = parser.parsePlan(statement)
+
+    assert plan.getClass().getSimpleName() == "ReplaceTableAsSelect"
+    assert "cluster_by" in plan.partitioning().mkString()
+    assert plan.query().child().condition().sql() == "false"
+    assert _parts(plan.query().child().child().multipartIdentifier()) == ["batch_5"]
+
+
+def _by_site(path: Path) -> list[tuple]:
+    rows = DeltaTable(path).to_pyarrow_table().to_pylist()
+    return sorted((r["site"], r[KEY], r[HASH_COLUMN], r["Title"]) for r in rows)
+
+
+def test_evolution_on_a_delta_table_keeps_every_row_as_its_site(tmp_path: Path) -> None:
+    """What the statement does to a legacy silver table, on a real Delta table: the same rows,
+    ``_site`` now ``site`` (the column order kept); then the merge spec matches them by site."""
+    from deltalake import QueryBuilder
+
+    path = tmp_path / "silver_posts"
+    legacy = pa.schema([(KEY, pa.int64()), ("_site", pa.string()), (HASH_COLUMN, pa.string()),
+                        ("Title", pa.string())])  # fmt: skip
+    rows = [dict(zip(legacy.names, (key, site, digest, title), strict=True))
+            for site, key, digest, title in CURRENT]  # fmt: skip
+    write_deltalake(path, pa.Table.from_pylist(rows, legacy))
+    (statement,) = tables.evolution_sql(TABLE, legacy.names, "unused")
+    # The statement's projection, run by deltalake's SQL engine (DataFusion quotes with ").
+    projection = statement.split(" AS SELECT ", 1)[1].split(" FROM ")[0].replace("`", '"')
+    query = QueryBuilder().register("t", DeltaTable(path))
+    evolved = query.execute(f"SELECT {projection} FROM t").read_all()
+    write_deltalake(path, evolved, mode="overwrite", schema_mode="overwrite")
+
+    assert DeltaTable(path).schema().to_arrow().names == [KEY, "site", HASH_COLUMN, "Title"]
+    assert _by_site(path) == sorted(CURRENT)
+    _merge(path, BATCH)
+    assert _by_site(path) == EXPECTED

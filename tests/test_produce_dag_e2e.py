@@ -21,9 +21,10 @@ import pytest
 
 from local.sample_dump import build_dump, pack_7z, write_file_list, write_site
 from local.services import s3_client
-from stackexchange import publish
+from stackexchange import publish, source
 from stackexchange.assets import POSTS, USERS, raw_assets
-from stackexchange.settings import Storage
+from stackexchange.settings import DownloadPolicy, Storage
+from tests import legacy_layout
 from tests.http_fixtures import DumpServer, S3FaultProxy
 
 REPO = Path(__file__).resolve().parents[1]  # not from conftest: importing it twice resets
@@ -252,6 +253,37 @@ def test_ingest_then_skip_then_force(dagbag, mirror: Mirror, s3) -> None:
     assert set(by_site(forced.run_id)[SITE]) == {RAW_POSTS.name, RAW_USERS.name}
     assert mirror.archive_gets() == downloads + 1
     assert manifest(s3).previous == [current.generation]  # kept for rollback
+
+
+def test_an_upgraded_deployment_adopts_its_legacy_pair_and_announces_it(
+    dagbag, mirror: Mirror, s3
+) -> None:
+    """The single-site version left SITE's pair at the fixed keys: the first run adopts it as
+    SITE's first generation without downloading, announces it from there (the consumer takes
+    it), and deletes the legacy keys; the next run finds SITE up to date."""
+    archives = source.resolve(SITE, mirror.base, DownloadPolicy.from_env()).archives
+    legacy_layout.write_legacy(s3, BUCKET, STORAGE.prefix, SITE, mirror.originals[SITE], archives)
+    downloads = mirror.archive_gets()
+
+    upgraded = run(dagbag, mirror.conf())
+
+    assert site_states(upgraded, "ingest") == {SITE: "success"}
+    assert mirror.archive_gets() == downloads
+    current = manifest(s3)
+    assert current is not None and current.ingest_id == f"{upgraded.run_id}#1"
+    (parameters,) = consumer_parameters(upgraded.run_id)
+    for name, prefix in [(POSTS, "posts"), (USERS, "users")]:
+        uri = parameters[f"{prefix}_uri"]
+        assert uri == current.objects[name].uri
+        assert uri == f"s3://{BUCKET}/{STORAGE.prefix}/{SITE}/{current.generation}/{name}"
+        assert body(s3, uri) == mirror.originals[SITE][name]
+    listed = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])}
+    assert not any(key.count("/") == STORAGE.prefix.count("/") + 1 for key in listed)
+
+    again = run(dagbag, mirror.conf())
+    assert site_states(again, "check_source") == {SITE: "skipped"}
+    assert events(again.run_id) == []
+    assert manifest(s3) == current
 
 
 def test_events_queue_the_consumer(dagbag, mirror: Mirror, s3) -> None:

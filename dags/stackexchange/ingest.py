@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from stackexchange import archive, lock, metrics, publish, s3, source, url_policy
+from stackexchange import archive, legacy, lock, metrics, publish, s3, source, url_policy
 from stackexchange.download import open_archive
 from stackexchange.dump_xml import DumpXmlError, ValidatedFile, ValidatingStream
 from stackexchange.multipart import MultipartUpload, part_size_for
@@ -42,6 +42,7 @@ PERMANENT_ERRORS = (
     archive.ArchiveRefused,
     lock.SiteLocked,
     publish.ConcurrentCommitError,
+    legacy.LegacyPairError,
 )
 
 
@@ -282,7 +283,9 @@ def ingest(
     site's lock; the asset events' extras (Posts, then Users).
 
     Nothing is published unless everything verified; any failure aborts every multipart
-    upload, and the site's manifest keeps naming the previous pair.
+    upload, and the site's manifest keeps naming the previous pair. A site with no manifest
+    first adopts the pair an earlier version left at the fixed keys (``legacy.adopt``); if that
+    is the source's current version, it is announced and nothing is downloaded.
     """
     client = _client(aws_conn_id, storage.bucket)
     found = source.resolve(site, source_base_url, DownloadPolicy.from_env())
@@ -297,6 +300,19 @@ def ingest(
         with s3.explained(aws_conn_id, storage.bucket, "cleaning up after dead runs"):
             publish.abort_stale_uploads(client, keys)
             current = publish.read_current(client, keys)
+        with s3.explained(aws_conn_id, storage.bucket, "adopting the legacy pair"):
+            adopted = legacy.adopt(
+                client, keys, ingest_id=ingest_id, current=current,
+                keep_previous=storage.keep_previous, map_index=map_index,
+            )  # fmt: skip
+            if adopted is not None:
+                current = publish.read_current(client, keys)
+                unchanged, reason = up_to_date(client, keys, adopted, found)
+                if unchanged:
+                    log.info("The adopted pair is the source's current version: announcing it")
+                    metrics.published(adopted)
+                    return [extra(keys, adopted, adopted.objects[m]) for m in source.MEMBERS]
+                log.info("Ingesting over the adopted pair: %s", reason)
         uploads: list[MultipartUpload] = []
         try:
             with s3.explained(aws_conn_id, storage.bucket, "uploading"):

@@ -315,7 +315,7 @@ def commit(
     keep_previous: int,
     map_index: int | None = None,
 ) -> Manifest:
-    """Complete both uploads, then write the manifest (the commit), then apply retention."""
+    """Complete both uploads, then :func:`commit_objects`."""
     objects: dict[str, PublishedObject] = {}
     try:
         for name in sorted(staged):
@@ -325,6 +325,31 @@ def commit(
             if name not in objects:
                 pending.upload.abort()
         raise
+    return commit_objects(
+        client,
+        keys,
+        ingest_id=ingest_id,
+        generation=generation,
+        objects=objects,
+        current=current,
+        keep_previous=keep_previous,
+        map_index=map_index,
+    )
+
+
+def commit_objects(
+    client: Any,
+    keys: SiteKeys,
+    *,
+    ingest_id: str,
+    generation: str,
+    objects: dict[str, PublishedObject],
+    current: Current,
+    keep_previous: int,
+    map_index: int | None = None,
+) -> Manifest:
+    """Write the manifest naming ``objects`` (already in ``generation``, written by
+    ``ingest_id``): the commit; then apply retention."""
     before = current.manifest
     kept = ([before.generation, *before.previous] if before else [])[:keep_previous]
     manifest = Manifest(

@@ -10,14 +10,19 @@ text with Spark's SQL parser and apply the same specs to a real Delta table (``d
 Elsewhere (the local stand-in, tests) a table is a directory
 ``<spark.sql.warehouse.dir>/<catalog>/<schema>/<name>/<site>/`` of Parquet files per site, each
 site's directory replaced atomically by a rename, with the same semantics.
+
+Tables the single-site version created have no ``site`` column; before its first write to one,
+each branch brings it to this layout as :func:`evolution` decides from its columns (README:
+"Upgrading from the single-site layout").
 """
 
 from __future__ import annotations
 
+import enum
 import os
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -53,6 +58,48 @@ class Table:
 
 
 SITE = "site"
+# The single-site version's lineage column in bronze (and so silver): the rows' site.
+LEGACY_SITE = "_site"
+
+
+class Evolution(enum.Enum):
+    """What an existing table needs before this version writes it."""
+
+    NONE = "has the site column"
+    KEEP_ROWS = "renames the single-site version's _site column to site, keeping every row"
+    DROP_ROWS = "no column says its rows' site: recreated empty"
+
+
+def evolution(columns: Sequence[str] | None) -> Evolution:
+    """Decide from an existing table's columns (None: no table).
+
+    Bronze and silver rows of the single-site version name their site in ``_site``: they are
+    kept, as that site's. Its gold rows do not (``Rank, Tag, Posts``; the post-users join):
+    they cannot be told apart from another site's, and gold is recomputed from silver per site
+    by each run, so the table starts empty (on Delta its old rows stay in the table's history).
+    """
+    if columns is None or SITE in columns:
+        return Evolution.NONE
+    return Evolution.KEEP_ROWS if LEGACY_SITE in columns else Evolution.DROP_ROWS
+
+
+def evolution_sql(table: Table, columns: Sequence[str] | None, source_view: str) -> list[str]:
+    """The Delta statement bringing ``table`` (its ``columns``) to this version's layout: one
+    ``CREATE OR REPLACE TABLE ... CLUSTER BY (site)``, one commit, so a kill leaves the old
+    table or the new one. The column order stays (``_site`` is where ``site`` now is), as
+    ``INSERT INTO ... REPLACE WHERE`` matches columns by position."""
+    decided = evolution(columns)
+    if decided is Evolution.NONE:
+        return []
+    head = f"CREATE OR REPLACE TABLE {table.full_name} USING DELTA CLUSTER BY ({quote(SITE)}) AS "
+    if decided is Evolution.DROP_ROWS:
+        return [head + f"SELECT * FROM {quote(source_view)} WHERE false"]
+    assert columns is not None
+    projection = ", ".join(
+        f"{quote(LEGACY_SITE)} AS {quote(SITE)}" if name == LEGACY_SITE else quote(name)
+        for name in columns
+    )
+    return [head + f"SELECT {projection} FROM {table.full_name}"]
 
 
 def sql_string(value: str) -> str:
@@ -160,12 +207,16 @@ def replace_site(df: DataFrame, table: Table, site: str) -> None:
     """Replace ``site``'s rows of ``table`` with ``df`` (all of them ``site``'s), all or nothing;
     the other sites' rows are not touched."""
     checked = _ensure_one_site(df, site)
+    spark = df.sparkSession
     if on_databricks():
+        columns = _delta_columns(spark, table)
         _run_on_delta(checked, lambda view: [
-            create_schema_sql(table), create_sql(table, view), replace_site_sql(table, view, site),
+            create_schema_sql(table), *evolution_sql(table, columns, view),
+            create_sql(table, view), replace_site_sql(table, view, site),
         ])  # fmt: skip
         return
-    _replace_local(checked, _site_path(df.sparkSession, table, site))
+    _evolve_local(spark, table)
+    _replace_local(checked, _site_path(spark, table, site))
 
 
 def upsert(
@@ -179,11 +230,15 @@ def upsert(
     spark = batch.sparkSession
     spec = Upsert(keys, hash_column, site)
     if on_databricks():
-        if not exists(spark, table):
+        columns = _delta_columns(spark, table)
+        if columns is None:
             replace_site(batch, table, site)
             return
-        _run_on_delta(_ensure_one_site(batch, site), lambda view: [merge_sql(table, view, spec)])
+        _run_on_delta(_ensure_one_site(batch, site), lambda view: [
+            *evolution_sql(table, columns, view), merge_sql(table, view, spec),
+        ])  # fmt: skip
         return
+    _evolve_local(spark, table)
     if not _site_path(spark, table, site).is_dir():
         replace_site(batch, table, site)
         return
@@ -192,6 +247,29 @@ def upsert(
     changed = batch.join(current.select(*columns), columns, "left_anti")
     merged = current.join(changed.select(*keys), list(keys), "left_anti").unionByName(changed)
     replace_site(merged, table, site)
+
+
+def _delta_columns(spark: SparkSession, table: Table) -> list[str] | None:
+    """The Delta table's columns; None if it does not exist."""
+    return spark.read.table(table.full_name).columns if exists(spark, table) else None
+
+
+def _evolve_local(spark: SparkSession, table: Table) -> None:
+    """The local branch of :func:`evolution`: the single-site version's table is Parquet files
+    right in the table's directory; its rows move to their site's directory (``KEEP_ROWS``) or
+    go (``DROP_ROWS``). The old files are deleted last, so a kill before repeats the move."""
+    path = table.local_path(spark)
+    files = sorted(path.glob("*.parquet")) if path.is_dir() else []
+    if not files:
+        return
+    legacy = spark.read.parquet(*map(str, files))
+    if evolution(legacy.columns) is Evolution.KEEP_ROWS:
+        rows = legacy.withColumnRenamed(LEGACY_SITE, SITE)
+        for (site,) in rows.select(SITE).distinct().collect():
+            _replace_local(rows.where(site_condition(site)), _site_path(spark, table, site))
+    for item in path.iterdir():
+        if item.is_file():
+            item.unlink()
 
 
 def _run_on_delta(df: DataFrame, statements: Callable[[str], list[str]]) -> None:
