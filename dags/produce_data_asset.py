@@ -135,19 +135,18 @@ def produce_data_asset() -> None:
         from stackexchange import sites
         from stackexchange.ingest import check
         from stackexchange.settings import DownloadPolicy, plan_bytes_per_second
+        from stackexchange.source import Dumps
 
         params = get_current_context()["params"]
-        base = params["source_base_url"]
+        # Read once for the choice and every site's check: the file list, one GET.
+        dumps = Dumps(params["source_base_url"], DownloadPolicy.from_env())
         with _fail_fast_on_permanent_errors():
-            chosen = sites.choose(
-                params["sites"], base, bool(params["include_meta"]), DownloadPolicy.from_env()
-            )
+            chosen = sites.choose(params["sites"], dumps, bool(params["include_meta"]))
             if not params["dry_run"]:
                 return chosen
-            decisions = [
-                check(site, base, bool(params["force"]), AWS_CONN_ID, lambda *_: True, STORAGE)
-                for site in chosen
-            ]
+            decisions = check(
+                chosen, dumps, bool(params["force"]), AWS_CONN_ID, lambda *_: True, STORAGE
+            )
         for line in sites.plan_lines(decisions, plan_bytes_per_second()):
             log.info("%s", line)
         return []
@@ -164,6 +163,8 @@ def produce_data_asset() -> None:
             from airflow.exceptions import AirflowSkipException
 
             from stackexchange.ingest import check
+            from stackexchange.settings import DownloadPolicy
+            from stackexchange.source import Dumps
 
             context = get_current_context()
             context["site"] = site  # type: ignore[typeddict-unknown-key]  # the map index name
@@ -174,14 +175,10 @@ def produce_data_asset() -> None:
                                        map_index=map_index, states=["success"])  # fmt: skip
                 return done > 0
 
+            dumps = Dumps(params["source_base_url"], DownloadPolicy.from_env())
             with _fail_fast_on_permanent_errors():
-                decision = check(
-                    site,
-                    params["source_base_url"],
-                    bool(params["force"]),
-                    AWS_CONN_ID,
-                    ingest_succeeded,
-                    STORAGE,
+                (decision,) = check(
+                    [site], dumps, bool(params["force"]), AWS_CONN_ID, ingest_succeeded, STORAGE
                 )
             if not decision.ingest:
                 # Airflow 3.0.2 renders map_index_template only when execute() returns or

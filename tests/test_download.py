@@ -52,7 +52,7 @@ def mirror(tmp_path: Path) -> Path:
 
 def remote(server: DumpServer, checksum: source.Checksum | None = None) -> source.RemoteArchive:
     """The archive as ``source.resolve`` finds it (HEAD), with ``checksum`` as if published."""
-    found = source.resolve(SITE, f"{server.url}/mirror", POLICY).archives["Posts.xml"]
+    found = source.resolve(SITE, source.Dumps(f"{server.url}/mirror", POLICY)).archives["Posts.xml"]
     return dataclasses.replace(found, checksum=checksum)
 
 
@@ -289,7 +289,7 @@ def test_local_archive_is_read_in_place_and_verified(
 ) -> None:
     monkeypatch.setenv(url_policy.FILE_ROOT_ENV, str(mirror))
     data = (mirror / NAME).read_bytes()
-    found = source.resolve(SITE, mirror.as_uri(), POLICY).archives["Posts.xml"]
+    found = source.resolve(SITE, source.Dumps(mirror.as_uri(), POLICY)).archives["Posts.xml"]
     good = dataclasses.replace(
         found, checksum=source.Checksum("md5", hashlib.md5(data).hexdigest())
     )

@@ -38,6 +38,7 @@ BUCKET = STORAGE.bucket
 RAW = raw_assets(STORAGE)
 RAW_POSTS, RAW_USERS = RAW[POSTS], RAW[USERS]
 MEMBERS = (POSTS, USERS)
+FILE_LIST = "stackexchange_files.xml"  # what write_file_list writes for the item "stackexchange"
 
 
 @dataclass
@@ -438,6 +439,16 @@ def test_dry_run_plans_without_downloading(dagbag, mirror: Mirror, s3, capfd) ->
     assert {ti.state for ti in ingests} == {"skipped"}  # the fan-out over no site
     assert mirror.archive_gets() + mirror.archive_gets(OTHER) == gets
     assert manifest(s3, OTHER) is None
+
+
+@pytest.mark.parametrize("sites", [[SITE, OTHER], ["all"]])
+def test_a_dry_run_reads_the_file_list_once(dagbag, mirror: Mirror, s3, sites, capfd) -> None:
+    """However many sites it plans: the source's file list is one GET, not one per site."""
+    reads = len(mirror.server.gets(FILE_LIST))
+    assert run(dagbag, mirror.conf(*sites, dry_run=True)).state == "success"
+    planned = [line for line in capfd.readouterr().out.splitlines() if ".7z (" in line]
+    assert len(planned) >= 2
+    assert len(mirror.server.gets(FILE_LIST)) - reads == 1
 
 
 @pytest.fixture(scope="module")

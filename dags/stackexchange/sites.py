@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from stackexchange import url_policy
 from stackexchange.ingest import Decision
 from stackexchange.multipart import part_size_for
-from stackexchange.settings import DownloadPolicy
-from stackexchange.source import MEMBERS, SourceNotFound, file_list, human_bytes
+from stackexchange.source import MEMBERS, Dumps, SourceNotFound, human_bytes
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +54,9 @@ def listed_sites(names: list[str], include_meta: bool) -> list[str]:
     return chosen
 
 
-def choose(
-    requested: object, source_base_url: str, include_meta: bool, policy: DownloadPolicy
-) -> list[str]:
-    """The sites to ingest, each checked, in order, without duplicates."""
+def choose(requested: object, dumps: Dumps, include_meta: bool) -> list[str]:
+    """The sites to ingest, each checked, in order, without duplicates (``["all"]`` reads the
+    file list of ``dumps``, which keeps it for the sites' checks)."""
     if isinstance(requested, str):
         requested = [requested]
     if not isinstance(requested, list) or not requested:
@@ -70,11 +68,10 @@ def choose(
             raise url_policy.InvalidSourceParam(
                 f'sites {requested!a}: "all" stands alone; list names, or give ["all"]'
             )
-        url_policy.check_source_base_url(source_base_url)
-        listed = file_list(source_base_url, policy)
+        listed = dumps.files
         if not listed:
             raise SourceNotFound(
-                f'sites=["all"] needs the source\'s file list, and {source_base_url} has none '
+                f'sites=["all"] needs the source\'s file list, and {dumps.base_url} has none '
                 "(or STACKEXCHANGE_CHECKSUMS_URL=none): list the sites by name instead"
             )
         chosen = listed_sites(list(listed), include_meta)
