@@ -358,6 +358,18 @@ def test_two_writers_racing_for_the_lock_one_wins(mirror: Mirror, s3: Any) -> No
     assert won.count(True) == 1
 
 
+def test_a_lock_of_an_earlier_try_of_the_same_run_is_taken_over(s3: Any) -> None:
+    """The run is the ingest id up to its last ``#`` (a run id may hold one too)."""
+    lock.acquire(s3, SITE_KEYS, "manual__2025#a#1", ttl_seconds=3600)
+    with pytest.raises(lock.SiteLocked, match="is being written by ingest manual__2025#a#1"):
+        lock.acquire(s3, SITE_KEYS, "manual__2025#b#1", ttl_seconds=3600)
+    lock.acquire(s3, SITE_KEYS, "manual__2025#a#2", ttl_seconds=3600)
+    lock.release(s3, SITE_KEYS, "manual__2025#a#1")  # no longer its lock: kept
+    lock.release(s3, SITE_KEYS, "manual__2025#a#2")
+    lock.release(s3, SITE_KEYS, "manual__2025#a#2")  # already gone: nothing to do
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=SITE_KEYS.lock)
+
+
 def test_retention_keeps_the_configured_generations(
     mirror: Mirror, s3: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -50,10 +50,6 @@ def ingest_id(run_id: str, try_number: int) -> str:
     return f"{run_id}#{try_number}"
 
 
-def run_id_of(ingest_id: str) -> str:
-    return ingest_id.rpartition("#")[0]
-
-
 def site_keys(storage: Storage, site: str) -> publish.SiteKeys:
     return publish.SiteKeys(storage.bucket, storage.prefix, site)
 
@@ -159,7 +155,7 @@ def _decide(
         manifest = publish.read_manifest(client, keys)
         current, reason = up_to_date(client, keys, manifest, found)
     if current and manifest is not None:
-        writer = run_id_of(manifest.ingest_id)
+        writer = publish.run_id_of(manifest.ingest_id)
         if not writer or not ingest_succeeded(writer, manifest.map_index):
             current = False
             reason = (

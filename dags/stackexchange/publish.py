@@ -149,7 +149,13 @@ class Current:
     etag: str | None
 
 
-def _missing(exc: ClientError) -> bool:
+def run_id_of(ingest_id: str) -> str:
+    """The DAG run of an ingest id (``{run_id}#{try_number}``, see ``ingest.ingest_id``)."""
+    return ingest_id.rpartition("#")[0]
+
+
+def missing(exc: ClientError) -> bool:
+    """S3's answer for a key (or object version) that does not exist: 404, NoSuchKey."""
     return exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
 
 
@@ -164,7 +170,7 @@ def head(client: Any, bucket: str, key: str) -> dict[str, Any] | None:
     try:
         return client.head_object(Bucket=bucket, Key=key)
     except ClientError as exc:
-        if _missing(exc):
+        if missing(exc):
             return None
         raise
 
@@ -173,7 +179,7 @@ def read_current(client: Any, keys: SiteKeys) -> Current:
     try:
         answer = client.get_object(Bucket=keys.bucket, Key=keys.manifest)
     except ClientError as exc:
-        if _missing(exc):
+        if missing(exc):
             return Current(None, None)
         raise
     etag = strip_etag(answer["ETag"])
@@ -296,7 +302,7 @@ def put_manifest(client: Any, keys: SiteKeys, manifest: Manifest, replaces: str 
             **condition,
         )
     except ClientError as exc:
-        if precondition_failed(exc) or (replaces and _missing(exc)):
+        if precondition_failed(exc) or (replaces and missing(exc)):
             raise ConcurrentCommitError(
                 f"{keys.uri(keys.manifest)} changed while ingest {manifest.ingest_id} ran: "
                 "another writer committed the site; its pair stays current"
