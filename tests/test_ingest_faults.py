@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 SITE = "faults.stackexchange.com"
 STORAGE = Storage()
 BUCKET = STORAGE.bucket
-SITE_KEYS = ingest.site_keys(STORAGE, SITE)
+SITE_KEYS = publish.SiteKeys.of(STORAGE, SITE)
 MEMBERS = ("Posts.xml", "Users.xml")
 pytestmark = pytest.mark.e2e
 
@@ -130,7 +130,7 @@ def assert_pair_is(client: Any, manifest: publish.Manifest) -> None:
 
 def assert_nothing_left(client: Any, site: str = SITE) -> None:
     """No open upload, no lock; only the site's current generation and the kept ones."""
-    site_keys = ingest.site_keys(STORAGE, site)
+    site_keys = publish.SiteKeys.of(STORAGE, site)
     assert client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
     manifest = publish.read_manifest(client, site_keys)
     assert manifest is not None
@@ -448,7 +448,7 @@ def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def published(client: Any, site: str = SITE) -> dict[str, bytes]:
     """The objects the site's manifest names, read back."""
-    keys = ingest.site_keys(STORAGE, site)
+    keys = publish.SiteKeys.of(STORAGE, site)
     manifest = publish.read_manifest(client, keys)
     assert manifest is not None
     return {

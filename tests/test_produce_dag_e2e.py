@@ -189,7 +189,7 @@ def queued_for_consumer() -> set[str]:
 
 
 def manifest(s3, site: str = SITE) -> publish.Manifest | None:
-    return publish.read_manifest(s3, publish.SiteKeys(BUCKET, STORAGE.prefix, site))
+    return publish.read_manifest(s3, publish.SiteKeys.of(STORAGE, site))
 
 
 def body(s3, uri: str) -> bytes:
@@ -199,7 +199,7 @@ def body(s3, uri: str) -> bytes:
 
 def expected_extra(mirror: Mirror, site: str, name: str, published, run_id: str) -> dict:
     data = mirror.originals[site][name]
-    current = publish.SiteKeys(BUCKET, STORAGE.prefix, site)
+    current = publish.SiteKeys.of(STORAGE, site)
     return {
         "site": site,
         "uri": published.uri,

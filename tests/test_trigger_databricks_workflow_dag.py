@@ -81,7 +81,7 @@ def publish(aws_conn: str) -> Callable[..., tuple[dict, dict]]:
     s3.create_bucket(Bucket=STORAGE.bucket)  # idempotent in us-east-1: other tests made it
 
     def publish(posts: bytes, users: bytes, site: str = SITE) -> tuple[dict, dict]:
-        keys = commit.SiteKeys(STORAGE.bucket, STORAGE.prefix, site)
+        keys = commit.SiteKeys.of(STORAGE, site)
         ingest_id = f"run-{uuid.uuid4().hex}#1"
         generation = commit.new_generation(ingest_id)
         extras, objects = [], {}

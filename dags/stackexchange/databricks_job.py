@@ -58,7 +58,10 @@ def _checked(asset: Asset, extra: dict[str, Any], storage: Storage, member: str)
         raise AirflowFailException(
             f"Asset event of {asset.name} lacks {missing} in its extra: {extra}"
         )
-    site_prefix = f"s3://{storage.bucket}/{storage.prefix}/{extra['site']}/"
+    from stackexchange.publish import SiteKeys
+
+    keys = SiteKeys.of(storage, str(extra["site"]))
+    site_prefix = keys.uri(keys.site_prefix)
     uri = str(extra["uri"])
     parts = uri.removeprefix(site_prefix).split("/") if uri.startswith(site_prefix) else []
     if len(parts) != 2 or not parts[0] or parts[1] != member:  # <generation>/<member>
@@ -136,7 +139,7 @@ def still_published(
         client = s3_hook(aws_conn_id).get_conn()
         for parameters in runs:
             site = parameters["site"]
-            keys = SiteKeys(storage.bucket, storage.prefix, site)
+            keys = SiteKeys.of(storage, site)
             with explained(aws_conn_id, storage.bucket, f"reading {keys.uri(keys.manifest)}"):
                 manifest = read_manifest(client, keys)
             named = {o.uri for o in manifest.objects.values()} if manifest else set()

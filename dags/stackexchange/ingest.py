@@ -50,10 +50,6 @@ def ingest_id(run_id: str, try_number: int) -> str:
     return f"{run_id}#{try_number}"
 
 
-def site_keys(storage: Storage, site: str) -> publish.SiteKeys:
-    return publish.SiteKeys(storage.bucket, storage.prefix, site)
-
-
 def extra(
     keys: publish.SiteKeys, manifest: publish.Manifest, published: publish.PublishedObject
 ) -> dict[str, object]:
@@ -150,7 +146,7 @@ def _decide(
     client: Any,
 ) -> Decision:
     found = source.resolve(site, dumps)
-    keys = site_keys(storage, site)
+    keys = publish.SiteKeys.of(storage, site)
     with s3.explained(aws_conn_id, storage.bucket, "reading the site's manifest"):
         manifest = publish.read_manifest(client, keys)
         current, reason = up_to_date(client, keys, manifest, found)
@@ -300,7 +296,7 @@ def ingest(
     found = source.resolve(site, source.Dumps(source_base_url, DownloadPolicy.from_env()))
     log.info("Layout: %s (%s)", found.layout,
              ", ".join(a.name for a, _ in found.unique_archives()))  # fmt: skip
-    keys = site_keys(storage, site)
+    keys = publish.SiteKeys.of(storage, site)
     generation = publish.new_generation(ingest_id)
     with (
         s3.explained(aws_conn_id, storage.bucket, f"locking {site}"),

@@ -35,6 +35,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from stackexchange.dump_xml import ValidatedFile
 from stackexchange.multipart import MultipartUpload, strip_etag, version_of
+from stackexchange.settings import Storage
 from stackexchange.source import RemoteArchive
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,11 @@ class SiteKeys:
     bucket: str
     prefix: str
     site: str
+
+    @classmethod
+    def of(cls, storage: Storage, site: str) -> SiteKeys:
+        """``site``'s keys in the deployment's bucket and prefix."""
+        return cls(storage.bucket, storage.prefix, site)
 
     @property
     def site_prefix(self) -> str:
