@@ -111,7 +111,7 @@ def estimate(decision: Decision, bytes_per_second: float) -> Estimate:
 def plan_lines(decisions: list[Decision], bytes_per_second: float) -> list[str]:
     """The dry run's table: per site its archives, sizes, what would happen; then totals."""
     lines = [f"Plan for {len(decisions)} site(s) at {human_bytes(bytes_per_second)}/s per ingest:"]
-    todo = [d for d in decisions if d.ingest]
+    needs = []
     for decision in decisions:
         archives = ", ".join(
             f"{remote.name} ({human_bytes(remote.size) if remote.size is not None else '?'})"
@@ -119,6 +119,7 @@ def plan_lines(decisions: list[Decision], bytes_per_second: float) -> list[str]:
         )
         if decision.ingest:
             need = estimate(decision, bytes_per_second)
+            needs.append(need)
             what = (
                 f"INGEST: {decision.reason}; needs disk {human_bytes(need.disk_bytes)}, memory "
                 f"{human_bytes(need.memory_bytes)}, about {need.seconds:.0f} s"
@@ -126,9 +127,8 @@ def plan_lines(decisions: list[Decision], bytes_per_second: float) -> list[str]:
         else:
             what = f"SKIP (unchanged): {decision.reason}"
         lines.append(f"  {decision.site}: {archives} -> {what}")
-    needs = [estimate(d, bytes_per_second) for d in todo]
     lines.append(
-        f"Total: {len(todo)} to ingest, {len(decisions) - len(todo)} unchanged; download "
+        f"Total: {len(needs)} to ingest, {len(decisions) - len(needs)} unchanged; download "
         f"{human_bytes(sum(n.download_bytes for n in needs))}, about "
         f"{sum(n.seconds for n in needs):.0f} s of ingest in all; the largest site needs disk "
         f"{human_bytes(max((n.disk_bytes for n in needs), default=0))} and memory "
