@@ -17,9 +17,9 @@ schedule `trigger_databricks_workflow_dag`.
      source version, unchanged since, written by an ingest that succeeded, the site is skipped:
      no download, no asset event. `force` ingests anyway.
    - **ingest**: under the site's lock, one streaming pipeline: download (HTTP Range resume) →
-     py7zr → XML validation, sha256 and row count → S3 multipart parts of this ingest's own
-     generation; then the site's manifest, written with one PUT, commits the pair; one asset
-     event per file.
+     7z decoding (our bounded 7z header parser, the standard library's lzma) → XML validation,
+     sha256 and row count → S3 multipart parts of this ingest's own generation; then the site's
+     manifest, written with one PUT, commits the pair; one asset event per file.
 
 Connection: `aws_conn` (its `endpoint_url` extra selects any S3-compatible server).
 Bucket and prefix: env `STACKEXCHANGE_BUCKET`, `STACKEXCHANGE_PREFIX`. The ingest's pod on
