@@ -12,7 +12,7 @@ from pathlib import Path
 import py7zr
 import pytest
 
-from local.sample_dump import BOM, CRLF, HEADER, pack_7z, write_site
+from local.sample_dump import BOM, CRLF, HEADER, STORED, pack_7z, write_site
 from stackexchange import archive, sevenzip
 from stackexchange.download import LocalArchiveBytes
 from stackexchange.settings import Limits
@@ -127,10 +127,7 @@ def test_every_coder_the_standard_library_has_decodes(
 def test_a_coder_the_standard_library_lacks_is_refused_by_name(
     site: list[Path], tmp_path: Path, coders: list[dict], password: str | None, named: str
 ) -> None:
-    path = tmp_path / "site.7z"
-    with py7zr.SevenZipFile(path, "w", filters=coders, password=password) as z:
-        for file in sorted(site):
-            z.write(file, arcname=file.name)
+    path = pack_7z(site, tmp_path / "site.7z", filters=coders, password=password)
     with pytest.raises(archive.ArchiveRefused, match=f"^site.7z uses coder {named}") as err:
         extract(path)
     assert "repack it" in str(err.value)
@@ -207,14 +204,6 @@ def test_header_bytes_read_ahead_must_be_those_of_the_forward_read(
         writers, _ = collectors(members)
         with pytest.raises(archive.ArchiveError, match="its header changed between the reads"):
             archive.stream(archive_bytes, opened, writers)
-
-
-def stored(files: list[Path], path: Path) -> Path:
-    """Pack without compression, so a flipped byte reaches the CRC check, not the decoder."""
-    with py7zr.SevenZipFile(path, "w", filters=[{"id": py7zr.FILTER_COPY}]) as z:
-        for file in sorted(files):
-            z.write(file, arcname=file.name)
-    return path
 
 
 def test_streams_the_needed_members_byte_for_byte(site: list[Path], tmp_path: Path) -> None:
@@ -309,7 +298,7 @@ def test_real_format_dump_is_within_the_default_limit(site: list[Path], tmp_path
 
 
 def test_flipped_byte_in_a_member_fails_its_crc(site: list[Path], tmp_path: Path) -> None:
-    path = stored(site, tmp_path / "site.7z")
+    path = pack_7z(site, tmp_path / "site.7z", filters=STORED)
     with py7zr.SevenZipFile(path) as z:
         offset = z.afterheader
         for info in z.files:  # stored members lie one after the other in name order

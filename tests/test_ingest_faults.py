@@ -26,7 +26,7 @@ from typing import Any
 import py7zr
 import pytest
 
-from local.sample_dump import pack_7z, write_site
+from local.sample_dump import STORED, pack_7z, write_site
 from local.services import s3_client
 from stackexchange import archive, ingest, lock, multipart, publish
 from stackexchange.dump_xml import DumpXmlError
@@ -502,14 +502,6 @@ def test_a_server_ignoring_range_is_refused_and_publishes_nothing(mirror: Mirror
     assert_pair_is(s3, previous)
 
 
-def _stored(files: list[Path], path: Path) -> Path:
-    """Packed without compression: a flipped byte reaches the CRC, not the decoder."""
-    with py7zr.SevenZipFile(path, "w", filters=[{"id": py7zr.FILTER_COPY}]) as z:
-        for file in sorted(files):
-            z.write(file, arcname=file.name)
-    return path
-
-
 def _flip(path: Path, offset: int) -> None:
     data = bytearray(path.read_bytes())
     data[offset] ^= 0x01
@@ -529,14 +521,12 @@ def test_a_damaged_or_foreign_archive_publishes_nothing(
         _flip(path, path.stat().st_size // 2)
         expected = (archive.ArchiveError, r"is damaged \(")
     elif damage == "member-crc":
-        _stored(files, path)
+        pack_7z(files, path, filters=STORED)
         # Users.xml sorts last and is stored as is: a letter in its last row.
         _flip(path, path.stat().st_size - 2000)
         expected = (archive.ArchiveError, r"CRC check failed for Users.xml")
     else:
-        with py7zr.SevenZipFile(path, "w", filters=[{"id": py7zr.FILTER_PPMD}]) as z:
-            for file in sorted(files):
-                z.write(file, arcname=file.name)
+        pack_7z(files, path, filters=[{"id": py7zr.FILTER_PPMD}])
         expected = (archive.ArchiveRefused, r"uses coder PPMd")
     with pytest.raises(expected[0], match=expected[1]):
         ingest.ingest(site, mirror.base, "aws_conn", f"{damage}#1", STORAGE)
