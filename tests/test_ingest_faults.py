@@ -341,7 +341,7 @@ def test_a_second_writer_is_refused_and_an_expired_lock_is_taken_over(
     recovers(mirror, s3, "manual-run#2")
 
 
-def test_two_writers_racing_for_the_lock_one_wins(mirror: Mirror, s3: Any) -> None:
+def test_two_writers_racing_for_the_lock_one_wins(s3: Any) -> None:
     """Eight threads create the lock at once: S3's If-None-Match lets exactly one in."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -369,9 +369,7 @@ def test_a_lock_of_an_earlier_try_of_the_same_run_is_taken_over(s3: Any) -> None
     assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=SITE_KEYS.lock)
 
 
-def test_retention_keeps_the_configured_generations(
-    mirror: Mirror, s3: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_retention_keeps_the_configured_generations(mirror: Mirror, s3: Any) -> None:
     """Each commit deletes the generations beyond keep_previous; the manifest lists the kept."""
     for n in range(3):
         run_ingest(mirror.base, f"run-{n}#1")
