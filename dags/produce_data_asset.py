@@ -17,10 +17,11 @@ schedule `trigger_databricks_workflow_dag`.
      source version, unchanged since, written by an ingest that succeeded, the site is skipped:
      no download, no asset event. `force` ingests anyway.
    - **ingest**: under the site's lock, one streaming pipeline: download (HTTP Range resume) →
-     py7zr → XML validation, sha256 and row count → S3 multipart parts of this ingest's own
-     generation; then the site's manifest, written with one PUT, commits the pair; one asset
-     event per file. A site's first ingest after the upgrade from the single-site layout adopts
-     the pair that version left (README: "Upgrading from the single-site layout").
+     7z decoding (our bounded 7z header parser, the standard library's lzma) → XML validation,
+     sha256 and row count → S3 multipart parts of this ingest's own generation; then the site's
+     manifest, written with one PUT, commits the pair; one asset event per file. A site's first
+     ingest after the upgrade from the single-site layout adopts the pair that version left
+     (README: "Upgrading from the single-site layout").
 
 Connection: `aws_conn` (its `endpoint_url` extra selects any S3-compatible server).
 Bucket and prefix: env `STACKEXCHANGE_BUCKET`, `STACKEXCHANGE_PREFIX`. The ingest's pod on
@@ -136,19 +137,18 @@ def produce_data_asset() -> None:
         from stackexchange import sites
         from stackexchange.ingest import check
         from stackexchange.settings import DownloadPolicy, plan_bytes_per_second
+        from stackexchange.source import Dumps
 
         params = get_current_context()["params"]
-        base = params["source_base_url"]
+        # Read once for the choice and every site's check: the file list, one GET.
+        dumps = Dumps(params["source_base_url"], DownloadPolicy.from_env())
         with _fail_fast_on_permanent_errors():
-            chosen = sites.choose(
-                params["sites"], base, bool(params["include_meta"]), DownloadPolicy.from_env()
-            )
+            chosen = sites.choose(params["sites"], dumps, bool(params["include_meta"]))
             if not params["dry_run"]:
                 return chosen
-            decisions = [
-                check(site, base, bool(params["force"]), AWS_CONN_ID, lambda *_: True, STORAGE)
-                for site in chosen
-            ]
+            decisions = check(
+                chosen, dumps, bool(params["force"]), AWS_CONN_ID, lambda *_: True, STORAGE
+            )
         for line in sites.plan_lines(decisions, plan_bytes_per_second()):
             log.info("%s", line)
         return []
@@ -165,6 +165,8 @@ def produce_data_asset() -> None:
             from airflow.exceptions import AirflowSkipException
 
             from stackexchange.ingest import check
+            from stackexchange.settings import DownloadPolicy
+            from stackexchange.source import Dumps
 
             context = get_current_context()
             context["site"] = site  # type: ignore[typeddict-unknown-key]  # the map index name
@@ -175,14 +177,10 @@ def produce_data_asset() -> None:
                                        map_index=map_index, states=["success"])  # fmt: skip
                 return done > 0
 
+            dumps = Dumps(params["source_base_url"], DownloadPolicy.from_env())
             with _fail_fast_on_permanent_errors():
-                decision = check(
-                    site,
-                    params["source_base_url"],
-                    bool(params["force"]),
-                    AWS_CONN_ID,
-                    ingest_succeeded,
-                    STORAGE,
+                (decision,) = check(
+                    [site], dumps, bool(params["force"]), AWS_CONN_ID, ingest_succeeded, STORAGE
                 )
             if not decision.ingest:
                 # Airflow 3.0.2 renders map_index_template only when execute() returns or

@@ -8,6 +8,7 @@ events, on exactly the objects those events announce, site by site.
    newest ingest that announced both files. Refuse an event whose `uri` is not an object of its
    own site under this deployment's bucket and prefix. A site whose manifest names a newer pair
    since is left out (that ingest's own events trigger a run); if none is left, the run skips.
+   An announced object that is missing, or not the one its manifest records, fails the task.
 2. **run_medallion_job**, mapped, one task instance per site named by it: start the Databricks
    job `stackexchange_medallion` (or `DATABRICKS_JOB_ID`) on connection `databricks_conn` with
    that site's objects' identity (URI, ETag, VersionId, size, LastModified, sha256) and the site,

@@ -225,19 +225,35 @@ def write_sized_site(directory: Path, *, posts_bytes: int, users_bytes: int) -> 
     return rows
 
 
-def pack_7z(files: list[Path], archive: Path, *, seven_zip: str | None = None) -> Path:
-    """Pack files at the archive root, in name order, as one solid LZMA2 folder, as the official
-    dumps are packed. py7zr by default; ``seven_zip`` (the path of the 7z tool, ``7zz`` or ``7z``)
-    packs with it at ``-mx1`` instead: the same layout, ~3x faster (for dumps of GiBs)."""
+# py7zr filter chains for pack_7z. LZMA2: as the official dumps are packed. STORED: the files as
+# they are, so a flipped byte reaches the member's CRC check, not the decoder.
+LZMA2 = [{"id": py7zr.FILTER_LZMA2, "preset": 1}]
+STORED = [{"id": py7zr.FILTER_COPY}]
+
+
+def pack_7z(
+    files: list[Path],
+    archive: Path,
+    *,
+    filters: list[dict] = LZMA2,
+    password: str | None = None,
+    seven_zip: str | None = None,
+) -> Path:
+    """Pack files at the archive root, in name order, as one solid folder, with py7zr's
+    ``filters`` (LZMA2 by default, as the official dumps are packed). ``seven_zip`` (the path of
+    the 7z tool, ``7zz`` or ``7z``) packs with it at ``-mx1`` instead: LZMA2, the same layout,
+    ~3x faster (for dumps of GiBs)."""
     archive.parent.mkdir(parents=True, exist_ok=True)
     if seven_zip:
+        if filters is not LZMA2 or password:
+            raise ValueError("seven_zip packs LZMA2 only: leave filters and password to py7zr")
         archive.unlink(missing_ok=True)  # 7z would add to an existing archive
         # -ms=1t: solid with no size limit per block (7z's default limit at -mx1 would split a big
         # dump into several folders)
         command = [seven_zip, "a", "-t7z", "-m0=lzma2", "-mx=1", "-ms=1t", "-bd", "-bso0", "-bsp0"]
         subprocess.run([*command, str(archive), *map(str, sorted(files))], check=True)
         return archive
-    with py7zr.SevenZipFile(archive, "w", filters=[{"id": py7zr.FILTER_LZMA2, "preset": 1}]) as z:
+    with py7zr.SevenZipFile(archive, "w", filters=filters, password=password) as z:
         for path in sorted(files):
             z.write(path, arcname=path.name)
     return archive

@@ -83,6 +83,18 @@ def _reuse_the_in_process_execution_api() -> None:
         )
 
 
+@pytest.fixture
+def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty TMPDIR, where every temporary file of the code under test lands. ``tempfile``
+    reads TMPDIR once and caches the directory (``tempfile.tempdir``): the cache is reset too,
+    or the setting would be ignored."""
+    directory = tmp_path / "tmpdir"
+    directory.mkdir()
+    monkeypatch.setenv("TMPDIR", str(directory))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    return directory
+
+
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[str]:
     """moto's S3 server (a child process): real HTTP on 127.0.0.1; yields its URL."""

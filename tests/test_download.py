@@ -30,15 +30,11 @@ SIZE = 300_000
 
 
 @pytest.fixture(autouse=True)
-def local_source(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Let the producer reach the test server on 127.0.0.1; no checksum list to look up; any
-    temporary file would land in an empty TMPDIR (``no_files_written`` checks it stays so)."""
+def local_source(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let the producer reach the test server on 127.0.0.1; no checksum list to look up."""
     monkeypatch.setenv(url_policy.ALLOWED_HOSTS_ENV, "127.0.0.1,localhost")
     monkeypatch.setenv("STACKEXCHANGE_CHECKSUMS_URL", "none")
     monkeypatch.delenv(url_policy.FILE_ROOT_ENV, raising=False)
-    scratch = tmp_path / "tmpdir"
-    scratch.mkdir()
-    monkeypatch.setenv("TMPDIR", str(scratch))
 
 
 @pytest.fixture
@@ -52,7 +48,7 @@ def mirror(tmp_path: Path) -> Path:
 
 def remote(server: DumpServer, checksum: source.Checksum | None = None) -> source.RemoteArchive:
     """The archive as ``source.resolve`` finds it (HEAD), with ``checksum`` as if published."""
-    found = source.resolve(SITE, f"{server.url}/mirror", POLICY).archives["Posts.xml"]
+    found = source.resolve(SITE, source.Dumps(f"{server.url}/mirror", POLICY)).archives["Posts.xml"]
     return dataclasses.replace(found, checksum=checksum)
 
 
@@ -285,11 +281,12 @@ def test_a_dump_streams_from_http_headers_first_then_once_forward(
 
 
 def test_local_archive_is_read_in_place_and_verified(
-    mirror: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    mirror: Path, scratch: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Read where it lies: no copy in the temporary directory, while read or after."""
     monkeypatch.setenv(url_policy.FILE_ROOT_ENV, str(mirror))
     data = (mirror / NAME).read_bytes()
-    found = source.resolve(SITE, mirror.as_uri(), POLICY).archives["Posts.xml"]
+    found = source.resolve(SITE, source.Dumps(mirror.as_uri(), POLICY)).archives["Posts.xml"]
     good = dataclasses.replace(
         found, checksum=source.Checksum("md5", hashlib.md5(data).hexdigest())
     )
@@ -298,10 +295,11 @@ def test_local_archive_is_read_in_place_and_verified(
         assert archive_bytes.read_range(10, 20) == data[10:20]
         assert read_all(archive_bytes) == data
         assert archive_bytes.downloaded.done == SIZE
+        assert list(scratch.iterdir()) == []  # nothing copied
     bad = dataclasses.replace(found, checksum=source.Checksum("md5", "0" * 32))
     with (
         download.open_archive(bad, POLICY) as archive_bytes,
         pytest.raises(source.SourceError, match="does not match the published"),
     ):
         read_all(archive_bytes)
-    assert list((tmp_path / "tmpdir").iterdir()) == []  # nothing copied
+    assert list(scratch.iterdir()) == []

@@ -16,7 +16,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ from typing import Any
 import py7zr
 import pytest
 
-from local.sample_dump import pack_7z, write_site
+from local.sample_dump import STORED, pack_7z, write_site
 from local.services import s3_client
 from stackexchange import archive, ingest, lock, multipart, publish
 from stackexchange.dump_xml import DumpXmlError
@@ -40,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 SITE = "faults.stackexchange.com"
 STORAGE = Storage()
 BUCKET = STORAGE.bucket
-SITE_KEYS = ingest.site_keys(STORAGE, SITE)
+SITE_KEYS = publish.SiteKeys.of(STORAGE, SITE)
 MEMBERS = ("Posts.xml", "Users.xml")
 pytestmark = pytest.mark.e2e
 
@@ -130,7 +129,7 @@ def assert_pair_is(client: Any, manifest: publish.Manifest) -> None:
 
 def assert_nothing_left(client: Any, site: str = SITE) -> None:
     """No open upload, no lock; only the site's current generation and the kept ones."""
-    site_keys = ingest.site_keys(STORAGE, site)
+    site_keys = publish.SiteKeys.of(STORAGE, site)
     assert client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
     manifest = publish.read_manifest(client, site_keys)
     assert manifest is not None
@@ -342,7 +341,7 @@ def test_a_second_writer_is_refused_and_an_expired_lock_is_taken_over(
     recovers(mirror, s3, "manual-run#2")
 
 
-def test_two_writers_racing_for_the_lock_one_wins(mirror: Mirror, s3: Any) -> None:
+def test_two_writers_racing_for_the_lock_one_wins(s3: Any) -> None:
     """Eight threads create the lock at once: S3's If-None-Match lets exactly one in."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -358,9 +357,19 @@ def test_two_writers_racing_for_the_lock_one_wins(mirror: Mirror, s3: Any) -> No
     assert won.count(True) == 1
 
 
-def test_retention_keeps_the_configured_generations(
-    mirror: Mirror, s3: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_lock_of_an_earlier_try_of_the_same_run_is_taken_over(s3: Any) -> None:
+    """The run is the ingest id up to its last ``#`` (a run id may hold one too)."""
+    lock.acquire(s3, SITE_KEYS, "manual__2025#a#1", ttl_seconds=3600)
+    with pytest.raises(lock.SiteLocked, match="is being written by ingest manual__2025#a#1"):
+        lock.acquire(s3, SITE_KEYS, "manual__2025#b#1", ttl_seconds=3600)
+    lock.acquire(s3, SITE_KEYS, "manual__2025#a#2", ttl_seconds=3600)
+    lock.release(s3, SITE_KEYS, "manual__2025#a#1")  # no longer its lock: kept
+    lock.release(s3, SITE_KEYS, "manual__2025#a#2")
+    lock.release(s3, SITE_KEYS, "manual__2025#a#2")  # already gone: nothing to do
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=SITE_KEYS.lock)
+
+
+def test_retention_keeps_the_configured_generations(mirror: Mirror, s3: Any) -> None:
     """Each commit deletes the generations beyond keep_previous; the manifest lists the kept."""
     for n in range(3):
         run_ingest(mirror.base, f"run-{n}#1")
@@ -424,19 +433,9 @@ class DiskWatch:
         self._thread.join()
 
 
-@pytest.fixture
-def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty TMPDIR for the ingest (tempfile reads it once, so its cache is reset too)."""
-    directory = tmp_path / "tmpdir"
-    directory.mkdir()
-    monkeypatch.setenv("TMPDIR", str(directory))
-    monkeypatch.setattr(tempfile, "tempdir", None)
-    return directory
-
-
 def published(client: Any, site: str = SITE) -> dict[str, bytes]:
     """The objects the site's manifest names, read back."""
-    keys = ingest.site_keys(STORAGE, site)
+    keys = publish.SiteKeys.of(STORAGE, site)
     manifest = publish.read_manifest(client, keys)
     assert manifest is not None
     return {
@@ -501,14 +500,6 @@ def test_a_server_ignoring_range_is_refused_and_publishes_nothing(mirror: Mirror
     assert_pair_is(s3, previous)
 
 
-def _stored(files: list[Path], path: Path) -> Path:
-    """Packed without compression: a flipped byte reaches the CRC, not the decoder."""
-    with py7zr.SevenZipFile(path, "w", filters=[{"id": py7zr.FILTER_COPY}]) as z:
-        for file in sorted(files):
-            z.write(file, arcname=file.name)
-    return path
-
-
 def _flip(path: Path, offset: int) -> None:
     data = bytearray(path.read_bytes())
     data[offset] ^= 0x01
@@ -528,14 +519,12 @@ def test_a_damaged_or_foreign_archive_publishes_nothing(
         _flip(path, path.stat().st_size // 2)
         expected = (archive.ArchiveError, r"is damaged \(")
     elif damage == "member-crc":
-        _stored(files, path)
+        pack_7z(files, path, filters=STORED)
         # Users.xml sorts last and is stored as is: a letter in its last row.
         _flip(path, path.stat().st_size - 2000)
         expected = (archive.ArchiveError, r"CRC check failed for Users.xml")
     else:
-        with py7zr.SevenZipFile(path, "w", filters=[{"id": py7zr.FILTER_PPMD}]) as z:
-            for file in sorted(files):
-                z.write(file, arcname=file.name)
+        pack_7z(files, path, filters=[{"id": py7zr.FILTER_PPMD}])
         expected = (archive.ArchiveRefused, r"uses coder PPMd")
     with pytest.raises(expected[0], match=expected[1]):
         ingest.ingest(site, mirror.base, "aws_conn", f"{damage}#1", STORAGE)

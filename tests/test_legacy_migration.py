@@ -36,7 +36,7 @@ from tests.http_fixtures import DumpServer, S3FaultProxy
 SITE = "legacy.stackexchange.com"
 STORAGE = Storage()
 BUCKET = STORAGE.bucket
-KEYS = ingest.site_keys(STORAGE, SITE)
+KEYS = publish.SiteKeys.of(STORAGE, SITE)
 MEMBERS = ("Posts.xml", "Users.xml")
 pytestmark = pytest.mark.e2e
 
@@ -96,7 +96,7 @@ def write_legacy(
 
 
 def resolved(mirror: Mirror) -> dict[str, source.RemoteArchive]:
-    return source.resolve(SITE, mirror.base, DownloadPolicy.from_env()).archives
+    return source.resolve(SITE, source.Dumps(mirror.base, DownloadPolicy.from_env())).archives
 
 
 def all_keys(client: Any) -> set[str]:
@@ -150,7 +150,14 @@ def test_the_producer_adopts_the_legacy_pair_and_announces_its_new_generation(
     ]
 
     # The next producer run finds the site up to date: nothing to ingest, nothing adopted.
-    decision = ingest.check(SITE, mirror.base, False, "aws_conn", lambda *_: True, STORAGE)
+    [decision] = ingest.check(
+        [SITE],
+        source.Dumps(mirror.base, DownloadPolicy.from_env()),
+        False,
+        "aws_conn",
+        lambda *_: True,
+        STORAGE,
+    )
     assert not decision.ingest, decision.reason
     assert adopt(s3, "second-run#1") is None
     assert publish.read_manifest(s3, KEYS) == manifest

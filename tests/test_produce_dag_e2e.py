@@ -39,6 +39,7 @@ BUCKET = STORAGE.bucket
 RAW = raw_assets(STORAGE)
 RAW_POSTS, RAW_USERS = RAW[POSTS], RAW[USERS]
 MEMBERS = (POSTS, USERS)
+FILE_LIST = "stackexchange_files.xml"  # what write_file_list writes for the item "stackexchange"
 
 
 @dataclass
@@ -189,7 +190,7 @@ def queued_for_consumer() -> set[str]:
 
 
 def manifest(s3, site: str = SITE) -> publish.Manifest | None:
-    return publish.read_manifest(s3, publish.SiteKeys(BUCKET, STORAGE.prefix, site))
+    return publish.read_manifest(s3, publish.SiteKeys.of(STORAGE, site))
 
 
 def body(s3, uri: str) -> bytes:
@@ -199,7 +200,7 @@ def body(s3, uri: str) -> bytes:
 
 def expected_extra(mirror: Mirror, site: str, name: str, published, run_id: str) -> dict:
     data = mirror.originals[site][name]
-    current = publish.SiteKeys(BUCKET, STORAGE.prefix, site)
+    current = publish.SiteKeys.of(STORAGE, site)
     return {
         "site": site,
         "uri": published.uri,
@@ -261,7 +262,7 @@ def test_an_upgraded_deployment_adopts_its_legacy_pair_and_announces_it(
     """The single-site version left SITE's pair at the fixed keys: the first run adopts it as
     SITE's first generation without downloading, announces it from there (the consumer takes
     it), and deletes the legacy keys; the next run finds SITE up to date."""
-    archives = source.resolve(SITE, mirror.base, DownloadPolicy.from_env()).archives
+    archives = source.resolve(SITE, source.Dumps(mirror.base, DownloadPolicy.from_env())).archives
     legacy_layout.write_legacy(s3, BUCKET, STORAGE.prefix, SITE, mirror.originals[SITE], archives)
     downloads = mirror.archive_gets()
 
@@ -470,6 +471,16 @@ def test_dry_run_plans_without_downloading(dagbag, mirror: Mirror, s3, capfd) ->
     assert {ti.state for ti in ingests} == {"skipped"}  # the fan-out over no site
     assert mirror.archive_gets() + mirror.archive_gets(OTHER) == gets
     assert manifest(s3, OTHER) is None
+
+
+@pytest.mark.parametrize("sites", [[SITE, OTHER], ["all"]])
+def test_a_dry_run_reads_the_file_list_once(dagbag, mirror: Mirror, s3, sites, capfd) -> None:
+    """However many sites it plans: the source's file list is one GET, not one per site."""
+    reads = len(mirror.server.gets(FILE_LIST))
+    assert run(dagbag, mirror.conf(*sites, dry_run=True)).state == "success"
+    planned = [line for line in capfd.readouterr().out.splitlines() if ".7z (" in line]
+    assert len(planned) >= 2
+    assert len(mirror.server.gets(FILE_LIST)) - reads == 1
 
 
 @pytest.fixture(scope="module")

@@ -75,7 +75,7 @@ def test_single_layout_found_via_the_file_list(mirror: Path) -> None:
     contents = publish(mirror, SINGLE)
     (mirror / LIST).write_text(file_list({SINGLE: digests(contents[SINGLE])}))
     with DumpServer(mirror.parent) as server:
-        found = source.resolve(SITE, f"{server.url}/mirror/", POLICY)
+        found = source.resolve(SITE, source.Dumps(f"{server.url}/mirror/", POLICY))
         assert calls(server) == [("GET", f"/mirror/{LIST}"), ("HEAD", f"/mirror/{SINGLE}")]
         url = f"{server.url}/mirror/{SINGLE}"
     assert found.layout == "single"
@@ -89,7 +89,7 @@ def test_split_layout_found_via_the_file_list(mirror: Path) -> None:
     contents = publish(mirror, *SPLIT)
     (mirror / LIST).write_text(file_list({name: digests(contents[name]) for name in SPLIT}))
     with DumpServer(mirror.parent) as server:
-        found = source.resolve(SITE, f"{server.url}/mirror", POLICY)
+        found = source.resolve(SITE, source.Dumps(f"{server.url}/mirror", POLICY))
         # The list names the split archives, so the single one is never probed.
         assert calls(server) == [("GET", f"/mirror/{LIST}")] + [
             ("HEAD", f"/mirror/{name}") for name in SPLIT
@@ -106,7 +106,7 @@ def test_split_layout_found_via_the_file_list(mirror: Path) -> None:
 def test_split_layout_found_by_probing_without_a_file_list(mirror: Path) -> None:
     publish(mirror, *SPLIT)
     with DumpServer(mirror.parent) as server:
-        found = source.resolve(SITE, f"{server.url}/mirror", POLICY)
+        found = source.resolve(SITE, source.Dumps(f"{server.url}/mirror", POLICY))
         assert calls(server) == [
             ("GET", f"/mirror/{LIST}"),  # 404: no list, probe instead
             ("HEAD", f"/mirror/{SINGLE}"),  # 404: not the single layout
@@ -120,7 +120,7 @@ def test_split_layout_found_by_probing_without_a_file_list(mirror: Path) -> None
 def test_neither_layout_names_every_url_tried(mirror: Path) -> None:
     publish(mirror, SPLIT[0])  # Posts alone is not a dump
     with DumpServer(mirror.parent) as server, pytest.raises(source.SourceNotFound) as err:
-        source.resolve(SITE, f"{server.url}/mirror", POLICY)
+        source.resolve(SITE, source.Dumps(f"{server.url}/mirror", POLICY))
     message = str(err.value)
     for name in (SINGLE, *SPLIT):
         assert f"{server.url}/mirror/{name}" in message
@@ -135,7 +135,7 @@ def test_checksum_from_the_list_prefers_sha1_then_md5(mirror: Path) -> None:
         file_list({SPLIT[0]: posts, SPLIT[1]: users, SINGLE: {"md5": "0" * 32}})
     )
     with DumpServer(mirror.parent) as server:
-        found = source.resolve(SITE, f"{server.url}/mirror", POLICY)
+        found = source.resolve(SITE, source.Dumps(f"{server.url}/mirror", POLICY))
     assert found.archives["Posts.xml"].checksum == source.Checksum("sha1", posts["sha1"])
     assert found.archives["Users.xml"].checksum == source.Checksum("md5", users["md5"])
 
@@ -171,7 +171,7 @@ def test_unusable_list_is_logged_and_probing_continues(
     (mirror / LIST).write_text(body)
     caplog.set_level(logging.INFO, logger="stackexchange.source")
     with DumpServer(mirror.parent) as server:
-        found = source.resolve(SITE, f"{server.url}/mirror", POLICY)
+        found = source.resolve(SITE, source.Dumps(f"{server.url}/mirror", POLICY))
     assert found.layout == "single" and found.archives["Posts.xml"].checksum is None
     [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert f"Cannot read the file list {server.url}/mirror/{LIST}" in warning.getMessage()
@@ -183,7 +183,7 @@ def test_retries_5xx_then_succeeds(mirror: Path) -> None:
     contents = publish(mirror, SINGLE)
     (mirror / LIST).write_text(file_list({SINGLE: digests(contents[SINGLE])}))
     with DumpServer(mirror.parent, Faults(fail_times=2)) as server:
-        found = source.resolve(SITE, f"{server.url}/mirror", POLICY)
+        found = source.resolve(SITE, source.Dumps(f"{server.url}/mirror", POLICY))
         assert calls(server) == [("GET", f"/mirror/{LIST}")] * 3 + [("HEAD", f"/mirror/{SINGLE}")]
     assert found.archives["Posts.xml"].checksum == source.Checksum(
         "sha1", hashlib.sha1(contents[SINGLE]).hexdigest()
@@ -197,7 +197,7 @@ def test_persistent_5xx_fails_after_every_attempt(
     publish(mirror, SINGLE)
     with DumpServer(mirror.parent, Faults(fail_times=100, fail_status=502)) as server:
         with pytest.raises(source.SourceError) as err:
-            source.resolve(SITE, f"{server.url}/mirror", POLICY)
+            source.resolve(SITE, source.Dumps(f"{server.url}/mirror", POLICY))
         assert calls(server) == [("HEAD", f"/mirror/{SINGLE}")] * POLICY.attempts
     assert not isinstance(err.value, source.SourceNotFound)
     assert f"HEAD {server.url}/mirror/{SINGLE} failed 4 times" in str(err.value)
@@ -207,7 +207,7 @@ def test_persistent_5xx_fails_after_every_attempt(
 def test_list_that_keeps_failing_does_not_stop_probing(mirror: Path) -> None:
     publish(mirror, SINGLE)
     with DumpServer(mirror.parent, Faults(fail_times=POLICY.attempts)) as server:
-        found = source.resolve(SITE, f"{server.url}/mirror", POLICY)
+        found = source.resolve(SITE, source.Dumps(f"{server.url}/mirror", POLICY))
         assert calls(server)[-1] == ("HEAD", f"/mirror/{SINGLE}")
     assert found.archives["Posts.xml"].checksum is None
 
@@ -215,7 +215,7 @@ def test_list_that_keeps_failing_does_not_stop_probing(mirror: Path) -> None:
 def test_redirects_are_followed_and_the_archive_keeps_its_url(mirror: Path) -> None:
     publish(mirror, SINGLE)
     with DumpServer(mirror.parent, Faults(redirect=True)) as server:
-        found = source.resolve(SITE, f"{server.url}/mirror", POLICY)
+        found = source.resolve(SITE, source.Dumps(f"{server.url}/mirror", POLICY))
         assert calls(server)[-2:] == [
             ("HEAD", f"/mirror/{SINGLE}"),
             ("HEAD", f"/storage/mirror/{SINGLE}"),
@@ -227,13 +227,17 @@ def test_redirects_are_followed_and_the_archive_keeps_its_url(mirror: Path) -> N
 def test_version_is_the_etag_when_the_server_sends_one(mirror: Path) -> None:
     publish(mirror, SINGLE)
     with DumpServer(mirror.parent) as server:
-        archive = source.resolve(SITE, f"{server.url}/mirror", POLICY).archives["Posts.xml"]
+        archive = source.resolve(SITE, source.Dumps(f"{server.url}/mirror", POLICY)).archives[
+            "Posts.xml"
+        ]
         etag = requests.head(f"{server.url}/mirror/{SINGLE}", timeout=10).headers["ETag"]
     assert archive.etag == etag
     assert archive.version == f"etag:{etag}"
     (mirror / SINGLE).write_bytes(os.urandom(20_001))  # a new upload: a new version
     with DumpServer(mirror.parent) as server:
-        changed = source.resolve(SITE, f"{server.url}/mirror", POLICY).archives["Posts.xml"]
+        changed = source.resolve(SITE, source.Dumps(f"{server.url}/mirror", POLICY)).archives[
+            "Posts.xml"
+        ]
     assert changed.version != archive.version
 
 
@@ -252,7 +256,7 @@ def test_file_url_under_the_root(mirror: Path, monkeypatch: pytest.MonkeyPatch) 
     contents = publish(mirror, SINGLE)
     (mirror / LIST).write_text(file_list({SINGLE: digests(contents[SINGLE])}))
     monkeypatch.setenv(url_policy.FILE_ROOT_ENV, str(mirror.parent))
-    found = source.resolve(SITE, mirror.as_uri(), POLICY)
+    found = source.resolve(SITE, source.Dumps(mirror.as_uri(), POLICY))
     archive = found.archives["Posts.xml"]
     assert archive.url == (mirror / SINGLE).as_uri()
     assert (archive.size, archive.etag) == (len(contents[SINGLE]), None)
@@ -270,7 +274,7 @@ def test_file_url_outside_the_root_is_refused(
     root.mkdir()
     monkeypatch.setenv(url_policy.FILE_ROOT_ENV, str(root))
     with pytest.raises(url_policy.InvalidSourceParam, match=url_policy.FILE_ROOT_ENV):
-        source.resolve(SITE, f"{root.as_uri()}/../mirror", POLICY)
+        source.resolve(SITE, source.Dumps(f"{root.as_uri()}/../mirror", POLICY))
 
 
 def test_a_list_expanding_entities_is_refused_before_any_expansion() -> None:

@@ -81,7 +81,7 @@ def publish(aws_conn: str) -> Callable[..., tuple[dict, dict]]:
     s3.create_bucket(Bucket=STORAGE.bucket)  # idempotent in us-east-1: other tests made it
 
     def publish(posts: bytes, users: bytes, site: str = SITE) -> tuple[dict, dict]:
-        keys = commit.SiteKeys(STORAGE.bucket, STORAGE.prefix, site)
+        keys = commit.SiteKeys.of(STORAGE, site)
         ingest_id = f"run-{uuid.uuid4().hex}#1"
         generation = commit.new_generation(ingest_id)
         extras, objects = [], {}
@@ -505,15 +505,36 @@ def test_still_published_keeps_current_pairs_and_leaves_out_superseded_ones(
         still_published([current], "aws_conn", STORAGE)
 
 
-def test_an_announced_object_overwritten_in_place_fails(publish, aws_conn: str) -> None:
+@pytest.mark.parametrize("producer", ["current", "older (no etag in its events)"])
+def test_an_announced_object_overwritten_in_place_fails(
+    publish, aws_conn: str, producer: str
+) -> None:
+    """Checked against the manifest's record, so also when the events carry no ETag."""
     from airflow.exceptions import AirflowFailException
 
     from stackexchange.databricks_job import still_published
 
     posts, users = publish(b"<posts/>", b"<users/>")
+    if producer != "current":
+        posts, users = ({**extra, "etag": None, "version_id": None} for extra in (posts, users))
     _put(s3_client(aws_conn), users["uri"], b"<users>foreign</users>")
-    with pytest.raises(AirflowFailException, match="something else wrote it"):
+    with pytest.raises(AirflowFailException, match="something else wrote") as raised:
         still_published([_parameters_of(posts, users)], "aws_conn", STORAGE)
+    assert f"{users['uri']} is not the object the manifest records" in str(raised.value)
+
+
+def test_an_announced_object_deleted_fails(publish, aws_conn: str) -> None:
+    from airflow.exceptions import AirflowFailException
+
+    from stackexchange.databricks_job import still_published
+
+    posts, users = publish(b"<posts/>", b"<users/>")
+    bucket, key = urlsplit(posts["uri"]).netloc, urlsplit(posts["uri"]).path.lstrip("/")
+    s3_client(aws_conn).delete_object(Bucket=bucket, Key=key)
+    with pytest.raises(AirflowFailException, match=f"{posts['uri']} is missing") as raised:
+        still_published([_parameters_of(posts, users)], "aws_conn", STORAGE)
+    assert f"the manifest of {SITE} names it" in str(raised.value)
+    assert "with force=true" in str(raised.value)
 
 
 def test_a_missing_aws_conn_fails_clearly(monkeypatch: pytest.MonkeyPatch) -> None:

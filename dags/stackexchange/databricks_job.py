@@ -9,8 +9,9 @@ One consumer run may be triggered by the events of several sites (all events sin
 run). They are grouped by the ``site`` of their extra: per site, the newest ingest that
 announced both files, each object's URI, ETag, VersionId, size (``bytes``), ``last_modified``
 and sha256, becomes one job run's parameters, so two sites never mix. Before the run, the
-site's manifest must still name that pair: a site whose pair a newer ingest replaced is left
-out (that ingest's own events trigger a run). Events from an older producer lack
+site's manifest must still name that pair (a site whose pair a newer ingest replaced is left
+out: that ingest's own events trigger a run), and both objects must still be the ones it
+records (ETag, VersionId), whatever the events carry. Events from an older producer lack
 ``etag``/``version_id`` or ``bytes``/``last_modified``; those parameters are then empty.
 """
 
@@ -20,7 +21,6 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 from airflow.exceptions import AirflowFailException, AirflowSkipException
 from airflow.sdk import Asset
@@ -58,7 +58,10 @@ def _checked(asset: Asset, extra: dict[str, Any], storage: Storage, member: str)
         raise AirflowFailException(
             f"Asset event of {asset.name} lacks {missing} in its extra: {extra}"
         )
-    site_prefix = f"s3://{storage.bucket}/{storage.prefix}/{extra['site']}/"
+    from stackexchange.publish import SiteKeys
+
+    keys = SiteKeys.of(storage, str(extra["site"]))
+    site_prefix = keys.uri(keys.site_prefix)
     uri = str(extra["uri"])
     parts = uri.removeprefix(site_prefix).split("/") if uri.startswith(site_prefix) else []
     if len(parts) != 2 or not parts[0] or parts[1] != member:  # <generation>/<member>
@@ -125,32 +128,38 @@ def still_published(
     runs: Sequence[Mapping[str, str]], aws_conn_id: str, storage: Storage
 ) -> list[Mapping[str, str]]:
     """The runs whose pair is still the site's current one (its manifest names the announced
-    objects, which still hold the announced ETags). A site whose pair a newer ingest replaced is
-    left out: that ingest's own events trigger a run. Raises ``AirflowSkipException`` when no
-    site is left."""
-    from stackexchange.publish import SiteKeys, read_manifest
+    objects, which still hold the ETags and VersionIds it records: ``publish.matches``). A site
+    whose pair a newer ingest replaced is left out: that ingest's own events trigger a run.
+    Raises ``AirflowSkipException`` when no site is left."""
+    from stackexchange.publish import SiteKeys, matches, read_manifest
     from stackexchange.s3 import S3ConfigError, explained, s3_hook
 
     current = []
     try:
-        hook = s3_hook(aws_conn_id)
-        client = hook.get_conn()
+        client = s3_hook(aws_conn_id).get_conn()
         for parameters in runs:
-            keys = SiteKeys(storage.bucket, storage.prefix, parameters["site"])
+            site = parameters["site"]
+            keys = SiteKeys.of(storage, site)
             with explained(aws_conn_id, storage.bucket, f"reading {keys.uri(keys.manifest)}"):
                 manifest = read_manifest(client, keys)
             named = {o.uri for o in manifest.objects.values()} if manifest else set()
             announced = {parameters[f"{prefix}_uri"] for _, prefix in PREFIXES}
-            if named != announced:
+            if manifest is None or named != announced:
                 log.warning(
                     "%s: its manifest %s names %s, not the announced pair %s: superseded by a "
                     "newer ingest, whose own asset events trigger a run",
-                    parameters["site"], keys.uri(keys.manifest), sorted(named) or "nothing",
-                    sorted(announced),
+                    site, keys.uri(keys.manifest), sorted(named) or "nothing", sorted(announced),
                 )  # fmt: skip
                 continue
-            for _, prefix in PREFIXES:
-                _ensure_same(hook, aws_conn_id, parameters, prefix)
+            with explained(aws_conn_id, storage.bucket, f"checking the pair of {site}"):
+                changed = matches(client, keys, manifest)
+            if changed:
+                raise AirflowFailException(
+                    f"{changed}, although the manifest of {site} names it: generation objects "
+                    "are written once, so something else wrote (or deleted) it; re-run "
+                    "produce_data_asset for the site with force=true to publish the pair again."
+                )
+            log.info("%s: both objects are as its manifest records them", site)
             current.append(parameters)
     except S3ConfigError as error:
         raise AirflowFailException(str(error)) from error
@@ -160,32 +169,3 @@ def still_published(
             "events trigger a run"
         )
     return current
-
-
-def _ensure_same(hook: Any, aws_conn_id: str, parameters: Mapping[str, str], prefix: str) -> None:
-    from stackexchange.s3 import explained
-
-    uri, etag = parameters[f"{prefix}_uri"], parameters[f"{prefix}_etag"]
-    version_id = parameters[f"{prefix}_version_id"]
-    if not etag:
-        log.warning(
-            "%s: its asset event has no etag (older producer), so whether the object still "
-            "holds the announced data cannot be checked; processing it by sha256",
-            uri,
-        )
-        return
-    location = urlsplit(uri)
-    with explained(aws_conn_id, location.netloc, f"checking {uri}"):
-        head = hook.head_object(key=location.path.lstrip("/"), bucket_name=location.netloc)
-    if head is None:
-        raise AirflowFailException(
-            f"{uri} no longer exists although its site's manifest names it: re-run "
-            "produce_data_asset for the site (with force=true) to publish the pair again."
-        )
-    now_etag, now_version = str(head["ETag"]).strip('"'), str(head.get("VersionId") or "")
-    if now_etag != etag or (version_id and now_version != version_id):
-        raise AirflowFailException(
-            f"{uri} holds ETag {now_etag}, not the announced {etag}: generation objects are "
-            "written once, so something else wrote it; re-run produce_data_asset with force=true"
-        )
-    log.info("%s still holds the announced object (ETag %s)", uri, etag)

@@ -51,14 +51,6 @@ def ingest_id(run_id: str, try_number: int) -> str:
     return f"{run_id}#{try_number}"
 
 
-def run_id_of(ingest_id: str) -> str:
-    return ingest_id.rpartition("#")[0]
-
-
-def site_keys(storage: Storage, site: str) -> publish.SiteKeys:
-    return publish.SiteKeys(storage.bucket, storage.prefix, site)
-
-
 def extra(
     keys: publish.SiteKeys, manifest: publish.Manifest, published: publish.PublishedObject
 ) -> dict[str, object]:
@@ -123,28 +115,44 @@ class Decision:
 
 
 def check(
-    site: str,
-    source_base_url: str,
+    sites: list[str],
+    dumps: source.Dumps,
     force: bool,
     aws_conn_id: str,
     ingest_succeeded: Callable[[str, int | None], bool],
     storage: Storage,
-) -> Decision:
-    """Must ``site`` be ingested? Yes if S3 lacks this source version, or ``force``.
+) -> list[Decision]:
+    """Must each of ``sites`` be ingested? Yes if S3 lacks this source version, or ``force``.
 
-    Reads only (the manifest, a HEAD per object): no lock, nothing written.
+    Reads only (the manifest, a HEAD per object): no lock, nothing written. One S3 client and
+    one read of the file list (``dumps`` keeps it) serve every site.
     ``ingest_succeeded(run_id, map_index)`` tells whether the ingest that wrote the manifest
     succeeded: a run can die after the commit but before Airflow records its asset events; the
     consumer never heard of that pair, so it does not count.
     """
     client = _client(aws_conn_id, storage.bucket)
-    found = source.resolve(site, source_base_url, DownloadPolicy.from_env())
-    keys = site_keys(storage, site)
+    return [
+        _decide(site, dumps, force, aws_conn_id, ingest_succeeded, storage, client)
+        for site in sites
+    ]
+
+
+def _decide(
+    site: str,
+    dumps: source.Dumps,
+    force: bool,
+    aws_conn_id: str,
+    ingest_succeeded: Callable[[str, int | None], bool],
+    storage: Storage,
+    client: Any,
+) -> Decision:
+    found = source.resolve(site, dumps)
+    keys = publish.SiteKeys.of(storage, site)
     with s3.explained(aws_conn_id, storage.bucket, "reading the site's manifest"):
         manifest = publish.read_manifest(client, keys)
         current, reason = up_to_date(client, keys, manifest, found)
     if current and manifest is not None:
-        writer = run_id_of(manifest.ingest_id)
+        writer = publish.run_id_of(manifest.ingest_id)
         if not writer or not ingest_succeeded(writer, manifest.map_index):
             current = False
             reason = (
@@ -288,10 +296,10 @@ def ingest(
     is the source's current version, it is announced and nothing is downloaded.
     """
     client = _client(aws_conn_id, storage.bucket)
-    found = source.resolve(site, source_base_url, DownloadPolicy.from_env())
+    found = source.resolve(site, source.Dumps(source_base_url, DownloadPolicy.from_env()))
     log.info("Layout: %s (%s)", found.layout,
              ", ".join(a.name for a, _ in found.unique_archives()))  # fmt: skip
-    keys = site_keys(storage, site)
+    keys = publish.SiteKeys.of(storage, site)
     generation = publish.new_generation(ingest_id)
     with (
         s3.explained(aws_conn_id, storage.bucket, f"locking {site}"),

@@ -20,17 +20,13 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from stackexchange.multipart import strip_etag
-from stackexchange.publish import SiteKeys, precondition_failed
+from stackexchange.publish import SiteKeys, missing, precondition_failed, run_id_of
 
 log = logging.getLogger(__name__)
 
 
 class SiteLocked(RuntimeError):
     """Another writer holds the site: retrying while it runs cannot help."""
-
-
-def _run_of(ingest_id: str) -> str:
-    return ingest_id.rpartition("#")[0]
 
 
 def _put(client: Any, keys: SiteKeys, body: bytes, condition: dict[str, str]) -> str | None:
@@ -41,7 +37,7 @@ def _put(client: Any, keys: SiteKeys, body: bytes, condition: dict[str, str]) ->
             **condition,
         )  # fmt: skip
     except ClientError as exc:
-        if precondition_failed(exc) or exc.response.get("Error", {}).get("Code") == "NoSuchKey":
+        if precondition_failed(exc) or missing(exc):  # If-Match on a lock deleted meanwhile
             return None
         raise
     return strip_etag(answer["ETag"])
@@ -51,7 +47,7 @@ def _holder(client: Any, keys: SiteKeys) -> tuple[dict[str, Any], str] | None:
     try:
         answer = client.get_object(Bucket=keys.bucket, Key=keys.lock)
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+        if missing(exc):
             return None
         raise
     try:
@@ -88,7 +84,7 @@ def acquire(
             expires = datetime.fromisoformat(str(holder["expires_at"]))
         except (KeyError, ValueError):
             expires = moment  # an unreadable lock protects nothing
-        same_run = bool(holder_id) and _run_of(holder_id) == _run_of(ingest_id)
+        same_run = bool(holder_id) and run_id_of(holder_id) == run_id_of(ingest_id)
         if not (same_run or expires <= moment):
             raise SiteLocked(
                 f"{keys.site} is being written by ingest {holder_id or '(unknown)'} until "

@@ -35,6 +35,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from stackexchange.dump_xml import ValidatedFile
 from stackexchange.multipart import MultipartUpload, strip_etag, version_of
+from stackexchange.settings import Storage
 from stackexchange.source import RemoteArchive
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,11 @@ class SiteKeys:
     bucket: str
     prefix: str
     site: str
+
+    @classmethod
+    def of(cls, storage: Storage, site: str) -> SiteKeys:
+        """``site``'s keys in the deployment's bucket and prefix."""
+        return cls(storage.bucket, storage.prefix, site)
 
     @property
     def site_prefix(self) -> str:
@@ -149,7 +155,13 @@ class Current:
     etag: str | None
 
 
-def _missing(exc: ClientError) -> bool:
+def run_id_of(ingest_id: str) -> str:
+    """The DAG run of an ingest id (``{run_id}#{try_number}``, see ``ingest.ingest_id``)."""
+    return ingest_id.rpartition("#")[0]
+
+
+def missing(exc: ClientError) -> bool:
+    """S3's answer for a key (or object version) that does not exist: 404, NoSuchKey."""
     return exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
 
 
@@ -164,7 +176,7 @@ def head(client: Any, bucket: str, key: str) -> dict[str, Any] | None:
     try:
         return client.head_object(Bucket=bucket, Key=key)
     except ClientError as exc:
-        if _missing(exc):
+        if missing(exc):
             return None
         raise
 
@@ -173,7 +185,7 @@ def read_current(client: Any, keys: SiteKeys) -> Current:
     try:
         answer = client.get_object(Bucket=keys.bucket, Key=keys.manifest)
     except ClientError as exc:
-        if _missing(exc):
+        if missing(exc):
             return Current(None, None)
         raise
     etag = strip_etag(answer["ETag"])
@@ -296,7 +308,7 @@ def put_manifest(client: Any, keys: SiteKeys, manifest: Manifest, replaces: str 
             **condition,
         )
     except ClientError as exc:
-        if precondition_failed(exc) or (replaces and _missing(exc)):
+        if precondition_failed(exc) or (replaces and missing(exc)):
             raise ConcurrentCommitError(
                 f"{keys.uri(keys.manifest)} changed while ingest {manifest.ingest_id} ran: "
                 "another writer committed the site; its pair stays current"

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from stackexchange import url_policy
 from stackexchange.ingest import Decision
 from stackexchange.multipart import part_size_for
-from stackexchange.settings import DownloadPolicy
-from stackexchange.source import MEMBERS, SourceNotFound, file_list, human_bytes
+from stackexchange.source import MEMBERS, Dumps, SourceNotFound, human_bytes
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +54,9 @@ def listed_sites(names: list[str], include_meta: bool) -> list[str]:
     return chosen
 
 
-def choose(
-    requested: object, source_base_url: str, include_meta: bool, policy: DownloadPolicy
-) -> list[str]:
-    """The sites to ingest, each checked, in order, without duplicates."""
+def choose(requested: object, dumps: Dumps, include_meta: bool) -> list[str]:
+    """The sites to ingest, each checked, in order, without duplicates (``["all"]`` reads the
+    file list of ``dumps``, which keeps it for the sites' checks)."""
     if isinstance(requested, str):
         requested = [requested]
     if not isinstance(requested, list) or not requested:
@@ -70,11 +68,10 @@ def choose(
             raise url_policy.InvalidSourceParam(
                 f'sites {requested!a}: "all" stands alone; list names, or give ["all"]'
             )
-        url_policy.check_source_base_url(source_base_url)
-        listed = file_list(source_base_url, policy)
+        listed = dumps.files
         if not listed:
             raise SourceNotFound(
-                f'sites=["all"] needs the source\'s file list, and {source_base_url} has none '
+                f'sites=["all"] needs the source\'s file list, and {dumps.base_url} has none '
                 "(or STACKEXCHANGE_CHECKSUMS_URL=none): list the sites by name instead"
             )
         chosen = listed_sites(list(listed), include_meta)
@@ -114,7 +111,7 @@ def estimate(decision: Decision, bytes_per_second: float) -> Estimate:
 def plan_lines(decisions: list[Decision], bytes_per_second: float) -> list[str]:
     """The dry run's table: per site its archives, sizes, what would happen; then totals."""
     lines = [f"Plan for {len(decisions)} site(s) at {human_bytes(bytes_per_second)}/s per ingest:"]
-    todo = [d for d in decisions if d.ingest]
+    needs = []
     for decision in decisions:
         archives = ", ".join(
             f"{remote.name} ({human_bytes(remote.size) if remote.size is not None else '?'})"
@@ -122,6 +119,7 @@ def plan_lines(decisions: list[Decision], bytes_per_second: float) -> list[str]:
         )
         if decision.ingest:
             need = estimate(decision, bytes_per_second)
+            needs.append(need)
             what = (
                 f"INGEST: {decision.reason}; needs disk {human_bytes(need.disk_bytes)}, memory "
                 f"{human_bytes(need.memory_bytes)}, about {need.seconds:.0f} s"
@@ -129,9 +127,8 @@ def plan_lines(decisions: list[Decision], bytes_per_second: float) -> list[str]:
         else:
             what = f"SKIP (unchanged): {decision.reason}"
         lines.append(f"  {decision.site}: {archives} -> {what}")
-    needs = [estimate(d, bytes_per_second) for d in todo]
     lines.append(
-        f"Total: {len(todo)} to ingest, {len(decisions) - len(todo)} unchanged; download "
+        f"Total: {len(needs)} to ingest, {len(decisions) - len(needs)} unchanged; download "
         f"{human_bytes(sum(n.download_bytes for n in needs))}, about "
         f"{sum(n.seconds for n in needs):.0f} s of ingest in all; the largest site needs disk "
         f"{human_bytes(max((n.disk_bytes for n in needs), default=0))} and memory "

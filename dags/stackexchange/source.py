@@ -11,6 +11,7 @@ size, md5 and sha1) or, without one, by probing; it returns each archive's size,
 from __future__ import annotations
 
 import email.utils
+import functools
 import logging
 import re
 import time
@@ -301,15 +302,33 @@ def file_list(source_base_url: str, policy: DownloadPolicy) -> dict[str, Checksu
         return None
 
 
-def resolve(site: str, source_base_url: str, policy: DownloadPolicy) -> Source:
+@dataclass
+class Dumps:
+    """Where the dumps are (``source_base_url`` as given) and how to fetch them. The base URL is
+    checked, and the file list read, on first use and then kept: one GET of the list however
+    many sites are looked up."""
+
+    source_base_url: str
+    policy: DownloadPolicy
+
+    @functools.cached_property
+    def base_url(self) -> str:
+        return url_policy.check_source_base_url(self.source_base_url)
+
+    @functools.cached_property
+    def files(self) -> dict[str, Checksum | None] | None:
+        return file_list(self.base_url, self.policy)
+
+
+def resolve(site: str, dumps: Dumps) -> Source:
     """The archives holding ``site``'s Posts.xml and Users.xml, with their checksums.
 
     The file list, when there is one, says which layout exists; otherwise each layout is
     probed with HEAD, the single archive first. SourceNotFound names every URL tried.
     """
     site = url_policy.check_site(site)
-    source_base_url = url_policy.check_source_base_url(source_base_url)
-    listed = file_list(source_base_url, policy)
+    source_base_url, policy = dumps.base_url, dumps.policy
+    listed = dumps.files
     candidates = layouts(source_base_url, site)
     if listed:  # try the layout the list names first; a mirror may still hold the other
         candidates.sort(key=lambda layout: not all(file_name(u) in listed for u in layout.values()))
