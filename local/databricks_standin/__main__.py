@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--state-dir",
         type=Path,
-        help="directory keeping the runs across restarts (default: WAREHOUSE/.databricks-state)",
+        help="directory keeping the runs across restarts and the runs' s3:// downloads "
+        "(default: WAREHOUSE/.databricks-state)",
     )
     parser.add_argument("--s3-endpoint", help="S3-compatible endpoint for s3:// job parameters")
     parser.add_argument("--bundle", type=Path, default=BUNDLE_DIR, help="bundle directory")
@@ -88,12 +89,12 @@ def main(argv: list[str] | None = None) -> None:
         spark.sparkContext.setLogLevel("ERROR")
         return spark
 
-    notebooks = NotebookTasks(session, args.s3_endpoint)
     base_url = f"http://127.0.0.1:{args.port}"
     try:
         state = StateDir(state_dir)
     except (StateDirInUse, OSError) as error:
         raise SystemExit(str(error)) from None
+    notebooks = NotebookTasks(session, args.s3_endpoint, state.downloads)
     try:
         runner = Runner(notebooks, base_url, args.phase_seconds, state)
         server = make_server(args.port, token, JobsApi(jobs, runner))
