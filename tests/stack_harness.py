@@ -21,8 +21,8 @@ from local.stack.airflow_api import AirflowApi
 from local.stack.state import PYTHONPATH, REPO, StackInfo, load_info, read_password
 
 UP_TIMEOUT = 1200
-# The producer's fan-out bound for the tests' stack: below the number of sample sites, so the
-# real scheduler must hold one back (the demo itself uses the default, letting them overlap).
+# The producer's fan-out bound for the tests' stack, given explicitly (not the demo's default):
+# below the number of sample sites, so the real scheduler must hold one back.
 MAX_ACTIVE_SITES = 1
 
 

@@ -13,6 +13,7 @@ import argparse
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 from local.databricks_standin.bundle import BUNDLE_DIR, load_jobs
@@ -61,6 +62,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bundle", type=Path, default=BUNDLE_DIR, help="bundle directory")
     parser.add_argument("--target", help="bundle target for ${var.*} (default: its default)")
     parser.add_argument(
+        "--start-spark",
+        action="store_true",
+        help="start the Spark session now, in the background, not with the first notebook "
+        "(the local stack: the JVM starts while Airflow does)",
+    )
+    parser.add_argument(
         "--phase-seconds",
         type=float,
         default=0.2,
@@ -106,6 +113,8 @@ def main(argv: list[str] | None = None) -> None:
     names = ", ".join(f"{job.name} (job_id {job_id})" for job_id, job in jobs.items())
     print(f"jobs: {names}; warehouse: {warehouse}; state: {state_dir}", flush=True)
     print(f"databricks stand-in listening on {base_url}", flush=True)
+    if args.start_spark:  # a failure here is the first notebook's to report: it starts it again
+        threading.Thread(target=notebooks.session, name="start-spark", daemon=True).start()
     try:
         server.serve_forever()
     finally:

@@ -115,9 +115,10 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument(
         "--max-active-sites",
         type=_bound,
-        default=os.environ.get("DEMO_MAX_ACTIVE_SITES") or None,
-        help="sites the producer checks and ingests at once (default: "
-        "STACKEXCHANGE_MAX_ACTIVE_SITES, else 4; env DEMO_MAX_ACTIVE_SITES)",
+        default=os.environ.get("DEMO_MAX_ACTIVE_SITES", "1"),
+        help="sites the producer checks and ingests at once, STACKEXCHANGE_MAX_ACTIVE_SITES "
+        "(default 1: one site ingests while the other's Databricks job runs; env "
+        "DEMO_MAX_ACTIVE_SITES)",
     )
     start.add_argument(
         "--run",

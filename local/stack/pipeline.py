@@ -83,10 +83,11 @@ def run_pipeline(info: StackInfo, api: AirflowApi, timeout: float, log: Log) -> 
         timeout=_left(deadline),
         interval=1.0,
     )
+    stall = _Stall()
     events, consumers = processes.wait_for(
         f"the consumer runs of {info.producer_run_id}'s asset events to finish "
         "(raise the limit with --timeout)",
-        lambda: _consumers_finished(api, info.producer_run_id, progress, run_dir),
+        lambda: _consumers_finished(api, info.producer_run_id, progress, run_dir, stall),
         timeout=_left(deadline),
         interval=1.0,
     )
@@ -131,8 +132,37 @@ def _finished(
     return run if run["state"] == "success" else None
 
 
+class _Stall:
+    """How long asset events have waited for a consumer run while none was queued or running."""
+
+    LIMIT = 90.0  # seconds: several scheduler loops, far above the asset hop
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+
+    def check(self, api: AirflowApi, waiting: list[dict[str, Any]]) -> None:
+        active = [r for r in api.dag_runs(CONSUMER) if r["state"] in ("queued", "running")]
+        if not waiting or active:
+            self.since = None
+            return
+        self.since = self.since or time.monotonic()
+        if time.monotonic() - self.since >= self.LIMIT:
+            sites = sorted({event["extra"].get("site", "?") for event in waiting})
+            raise StackError(
+                f"the asset events of {', '.join(sites)} got no {CONSUMER} run within "
+                f"{self.LIMIT:.0f}s: Airflow 3.0.2's scheduler leaves events that arrive while it "
+                "creates the consumer's run without a run of their own (apache/airflow#56050, "
+                "#62501) until another event comes. Run the pipeline again (make demo-run); "
+                "with --max-active-sites above 1, sites ending together make this likely."
+            )
+
+
 def _consumers_finished(
-    api: AirflowApi, producer_run_id: str, progress: report.Progress, run_dir: Path
+    api: AirflowApi,
+    producer_run_id: str,
+    progress: report.Progress,
+    run_dir: Path,
+    stall: _Stall,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
     """The producer run's asset events and the consumer runs they created (the asset hop), once
     every event has its run and every such run succeeded."""
@@ -144,6 +174,7 @@ def _consumers_finished(
     waiting = [e for e in events if not any(r["dag_id"] == CONSUMER for r in e["created_dagruns"])]
     if waiting:
         progress.show(CONSUMER, f"{len(waiting)} asset event(s) not consumed yet", [])
+    stall.check(api, waiting)
     if waiting or not events or None in runs:
         return None
     return events, [run for run in runs if run is not None]
