@@ -21,6 +21,9 @@ from local.stack.airflow_api import AirflowApi
 from local.stack.state import PYTHONPATH, REPO, StackInfo, load_info, read_password
 
 UP_TIMEOUT = 1200
+# The producer's fan-out bound for the tests' stack, given explicitly (not the demo's default):
+# below the number of sample sites, so the real scheduler must hold one back.
+MAX_ACTIVE_SITES = 1
 
 
 @dataclass
@@ -101,7 +104,9 @@ def _checked(run_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 def start(run_dir: Path) -> RunningStack:
     api_port = services.free_port()
-    _checked(run_dir, "up", "--api-port", str(api_port))
+    _checked(
+        run_dir, "up", "--api-port", str(api_port), "--max-active-sites", str(MAX_ACTIVE_SITES)
+    )
     _checked(run_dir, "run")
     return RunningStack(load_info(run_dir), api_port)
 

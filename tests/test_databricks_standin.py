@@ -21,6 +21,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 from databricks.sdk import WorkspaceClient
@@ -106,6 +107,8 @@ def test_runs_the_job_on_s3_inputs_and_reports_states(
     # The notebook saw (and recorded) the S3 URI; only Spark's read went to the local copy.
     bronze = read_table(databricks_standin.warehouse, "bronze_users", schema="s3_test")
     assert set(bronze.column("_source_uri").to_pylist()) == {s3_dump["users_uri"]}
+    downloads = databricks_standin.warehouse / ".databricks-state" / "downloads"
+    assert list(downloads.iterdir()) == []  # each task run removed its copies
 
 
 def test_missing_s3_object_fails_the_task_with_its_uri(
@@ -574,6 +577,50 @@ def test_a_second_standin_on_the_same_state_directory_is_refused(tmp_path: Path)
     assert f"The state directory {state} is in use by another Databricks stand-in" in (
         second.stderr
     )
+
+
+@pytest.mark.spark
+def test_a_killed_standin_leaves_its_s3_downloads_only_in_its_state_directory(
+    tmp_path: Path, moto_server: str
+) -> None:
+    """SIGKILL while a notebook holds its ``s3://`` download: nothing lands in the temporary
+    folder (TMPDIR); the download sits under the state directory, and the next stand-in there
+    clears it."""
+    s3 = s3_client(moto_server)
+    s3.create_bucket(Bucket="standin-kill")
+    s3.put_object(Bucket="standin-kill", Key="raw/Posts.xml", Body=b"<posts/>")
+    bundle = write_bundle(
+        tmp_path / "bundle",
+        "holder",
+        ["uri"],
+        "spark.read.format('text').load(dbutils.widgets.get('uri'))",
+        "import time",
+        "time.sleep(600)",
+    )
+    state, temporary = tmp_path / "state", tmp_path / "tmp"
+    temporary.mkdir()
+    options = ("--bundle", str(bundle), "--state-dir", str(state), "--s3-endpoint", moto_server)
+    env = {"TMPDIR": str(temporary)}
+    with standin_process(tmp_path, *options, "--phase-seconds", "0", env=env) as standin:
+        sdk = WorkspaceClient(host=standin.url, token=standin.token)
+        sdk.jobs.run_now(1, job_parameters={"uri": "s3://standin-kill/raw/Posts.xml"})
+        downloads = state / "downloads"
+        _wait_for(
+            lambda: list(downloads.glob("*/standin-kill/raw/Posts.xml")),
+            "the notebook's download",
+            timeout=120,
+        )
+        killed = psutil.Process(int((state / "standin.lock").read_text()))
+        family = [killed, *killed.children(recursive=True)]  # Spark's JVM with it
+        killed.kill()
+        psutil.wait_procs(family, timeout=60)
+    assert not [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert list(temporary.iterdir()) == []
+    assert [p.read_bytes() for p in downloads.glob("*/standin-kill/raw/Posts.xml")] == [b"<posts/>"]
+
+    with standin_process(tmp_path, *options, env=env):
+        assert list(downloads.iterdir()) == []  # the killed one's leftovers are gone
+    assert list(temporary.iterdir()) == []
 
 
 # --- Requests: the token first; listings, repairs and what the stand-in does not serve --------

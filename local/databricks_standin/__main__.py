@@ -13,6 +13,7 @@ import argparse
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 from local.databricks_standin.bundle import BUNDLE_DIR, load_jobs
@@ -54,11 +55,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--state-dir",
         type=Path,
-        help="directory keeping the runs across restarts (default: WAREHOUSE/.databricks-state)",
+        help="directory keeping the runs across restarts and the runs' s3:// downloads "
+        "(default: WAREHOUSE/.databricks-state)",
     )
     parser.add_argument("--s3-endpoint", help="S3-compatible endpoint for s3:// job parameters")
     parser.add_argument("--bundle", type=Path, default=BUNDLE_DIR, help="bundle directory")
     parser.add_argument("--target", help="bundle target for ${var.*} (default: its default)")
+    parser.add_argument(
+        "--start-spark",
+        action="store_true",
+        help="start the Spark session now, in the background, not with the first notebook "
+        "(the local stack: the JVM starts while Airflow does)",
+    )
     parser.add_argument(
         "--phase-seconds",
         type=float,
@@ -88,12 +96,12 @@ def main(argv: list[str] | None = None) -> None:
         spark.sparkContext.setLogLevel("ERROR")
         return spark
 
-    notebooks = NotebookTasks(session, args.s3_endpoint)
     base_url = f"http://127.0.0.1:{args.port}"
     try:
         state = StateDir(state_dir)
     except (StateDirInUse, OSError) as error:
         raise SystemExit(str(error)) from None
+    notebooks = NotebookTasks(session, args.s3_endpoint, state.downloads)
     try:
         runner = Runner(notebooks, base_url, args.phase_seconds, state)
         server = make_server(args.port, token, JobsApi(jobs, runner))
@@ -105,6 +113,8 @@ def main(argv: list[str] | None = None) -> None:
     names = ", ".join(f"{job.name} (job_id {job_id})" for job_id, job in jobs.items())
     print(f"jobs: {names}; warehouse: {warehouse}; state: {state_dir}", flush=True)
     print(f"databricks stand-in listening on {base_url}", flush=True)
+    if args.start_spark:  # a failure here is the first notebook's to report: it starts it again
+        threading.Thread(target=notebooks.session, name="start-spark", daemon=True).start()
     try:
         server.serve_forever()
     finally:

@@ -138,11 +138,14 @@ class NotebookTasks:
     runner discards the outcome of a cancelled task).
     """
 
-    def __init__(self, session: Callable[[], SparkSession], s3_endpoint: str | None) -> None:
+    def __init__(
+        self, session: Callable[[], SparkSession], s3_endpoint: str | None, downloads: Path
+    ) -> None:
         self._start_session = session
         self._session: SparkSession | None = None
         self._lock = threading.Lock()
         self.s3_endpoint = s3_endpoint
+        self.downloads = downloads  # each task run's s3:// inputs go into a directory here
 
     def session(self) -> SparkSession:
         with self._lock:
@@ -160,7 +163,7 @@ class NotebookTasks:
                 grouped.append(True)
             return session
 
-        inputs = S3Inputs(self.s3_endpoint)
+        inputs = S3Inputs(self.s3_endpoint, self.downloads)
         try:
             return run_notebook(task.notebook, spark, Widgets(dict(parameters)), inputs.resolve)
         finally:

@@ -1,7 +1,9 @@
 """``s3://`` job parameters fetched to local files: the stand-in's local Spark has no S3 filesystem.
 
-Each S3 key becomes a path under one temporary directory; a key that could leave it (``..``, an
-absolute path, empty or ``.`` segments) is refused rather than mapped.
+Each task run downloads into its own directory under the stand-in's state directory (never the
+system's temporary folder: a killed stand-in leaves its downloads there, and the next one on that
+state directory clears them). Each S3 key becomes a path under that directory; a key that could
+leave it (``..``, an absolute path, empty or ``.`` segments) is refused rather than mapped.
 """
 
 from __future__ import annotations
@@ -37,11 +39,12 @@ def local_path(directory: Path, uri: str) -> Path:
 
 
 class S3Inputs:
-    """``s3://`` values downloaded through ``endpoint`` into a temporary directory, once each."""
+    """``s3://`` values downloaded through ``endpoint`` into a new directory under ``parent``,
+    once each; :meth:`cleanup` removes it."""
 
-    def __init__(self, endpoint: str | None) -> None:
+    def __init__(self, endpoint: str | None, parent: Path) -> None:
         self.endpoint = endpoint
-        self.directory = Path(tempfile.mkdtemp(prefix="standin-s3-"))
+        self.directory = Path(tempfile.mkdtemp(prefix="run-", dir=parent))
         self._fetched: dict[str, str] = {}
 
     def resolve(self, value: str) -> str:

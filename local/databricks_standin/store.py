@@ -3,7 +3,9 @@
 Databricks keeps runs (60 days) and never reuses a run id. The stand-in writes every run, the next
 id and thereby the idempotency tokens to ``<state dir>/runs.json`` after each change (a temporary
 file, then ``os.replace``: a reader or a crash sees the old file or the new one, never half of
-one). A lock file keeps a second stand-in off the same directory.
+one). A lock file keeps a second stand-in off the same directory. Scratch files (the task runs'
+``s3://`` downloads) live in ``<state dir>/downloads``, emptied by each stand-in that takes the
+directory: a killed one leaves nothing outside its state directory, and nothing there for long.
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 STATE_FILE = "runs.json"
 LOCK_FILE = "standin.lock"
+DOWNLOADS = "downloads"
 FORMAT = 1
 
 
@@ -43,6 +47,13 @@ class StateDir:
         self._lock.truncate(0)
         self._lock.write(str(os.getpid()))
         self._lock.flush()
+        shutil.rmtree(self.downloads, ignore_errors=True)  # a killed predecessor's leftovers
+        self.downloads.mkdir()
+
+    @property
+    def downloads(self) -> Path:
+        """Where task runs put their ``s3://`` downloads; empty when this stand-in starts."""
+        return self.path / DOWNLOADS
 
     @property
     def file(self) -> Path:

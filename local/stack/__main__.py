@@ -41,25 +41,39 @@ def _print_ready(info: StackInfo) -> None:
 
 
 def _print_summary(info: StackInfo) -> None:
-    print(f"\nDatabricks stand-in run {info.databricks_run_id}: {info.databricks_run_url}")
-    print(f"Tables written by the medallion job (under {info.warehouse}):")
-    for name, count in info.table_rows.items():
-        print(f"  {name:<24} {count:>8,} rows")
-    print("Most popular tags (gold_most_popular_tags):")
-    for rank, (tag, posts) in enumerate(info.top_tags, start=1):
-        print(f"  {rank:>2}. {tag:<20} {posts:>6,} posts")
+    print(
+        f"\nGold tables per site: each table under {info.warehouse} holds every site's rows, "
+        "told apart by its site column; the rows of each site:"
+    )
+    for site, result in info.sites.items():
+        print(f"\n== {site} ==")
+        print(f"Databricks stand-in run {result.databricks_run_id}: {result.databricks_run_url}")
+        for name, count in result.table_rows.items():
+            print(f"  {name:<24} {count:>8,} rows")
+        print("  Most popular tags (gold_most_popular_tags):")
+        for rank, (tag, posts) in enumerate(result.top_tags, start=1):
+            print(f"  {rank:>4}. {tag:<20} {posts:>6,} posts")
     timings, memory = info.timings, info.memory_pss
     print(
-        f"\nFigures: stack up in {timings['stack_ready_s']:.0f}s, gold tables "
-        f"{timings['gold_after_trigger_s']:.0f}s after the trigger; producer run "
-        f"{timings['producer_run_s']:.1f}s, asset hop (asset event -> consumer run start) "
-        f"{timings['asset_hop_s']:.2f}s, consumer run {timings['consumer_run_s']:.1f}s"
+        f"\nFigures: stack up in {timings['stack_ready_s']:.0f}s, gold tables of "
+        f"{len(info.sites)} sites {timings['gold_after_trigger_s']:.0f}s after the trigger; "
+        f"producer run {timings['producer_run_s']:.1f}s (up to {info.max_active_sites} "
+        f"site(s) at once), asset hop (asset event -> consumer run start) "
+        f"{timings['asset_hop_s']:.2f}s, {len(info.consumer_run_ids)} consumer run(s) "
+        f"{timings['consumer_run_s']:.1f}s"
     )
     print(
         f"Memory (PSS, MiB): {sum(memory.values()) / MIB:,.0f} in total; "
         + ", ".join(f"{name} {size / MIB:,.0f}" for name, size in sorted(memory.items()))
     )
     _print_ready(info)
+
+
+def _bound(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {number}")
+    return number
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -97,6 +111,14 @@ def _parser() -> argparse.ArgumentParser:
         choices=["auto", "postgres", "sqlite"],
         default=os.environ.get("DEMO_DATABASE", "auto"),
         help="Airflow's metadata DB: PostgreSQL if installed (auto), or force one",
+    )
+    start.add_argument(
+        "--max-active-sites",
+        type=_bound,
+        default=os.environ.get("DEMO_MAX_ACTIVE_SITES", "1"),
+        help="sites the producer checks and ingests at once, STACKEXCHANGE_MAX_ACTIVE_SITES "
+        "(default 1: one site ingests while the other's Databricks job runs; env "
+        "DEMO_MAX_ACTIVE_SITES)",
     )
     start.add_argument(
         "--run",
@@ -143,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             database=args.database,
             run=args.run,
             timeout=args.timeout,
+            max_active_sites=args.max_active_sites,
         )
         info = up(options, log=_log)
     except StackError as error:

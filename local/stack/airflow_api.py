@@ -54,14 +54,7 @@ class AirflowApi:
         params = {"source_dag_id": source_dag_id, "source_run_id": source_run_id}
         return self._call("GET", "assets/events", params=params)["asset_events"]
 
-    def xcom(self, dag_id: str, run_id: str, key: str) -> Any:
-        """The value a task of the run pushed under ``key`` (the first task that did)."""
-        for ti in self.task_instances(dag_id, run_id):
-            path = f"dags/{dag_id}/dagRuns/{run_id}/taskInstances/{ti['task_id']}/xcomEntries/{key}"
-            response = self.session.get(
-                f"{self.base_url}/api/v2/{path}", params={"map_index": ti["map_index"]}, timeout=30
-            )
-            if response.status_code != 404:
-                response.raise_for_status()
-                return response.json()["value"]
-        raise KeyError(f"no task of {dag_id} run {run_id} pushed XCom {key!r}")
+    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str, map_index: int = -1) -> Any:
+        """The value the task instance pushed under ``key``."""
+        path = f"dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}"
+        return self._call("GET", path, params={"map_index": map_index})["value"]

@@ -23,6 +23,16 @@ RUN_DIR_MARKER = ".local-stack-run-dir"
 
 
 @dataclass
+class SiteResult:
+    """One site's part of a pipeline run: its Databricks run and its rows in each table."""
+
+    databricks_run_id: int
+    databricks_run_url: str
+    table_rows: dict[str, int]
+    top_tags: list[tuple[str, int]]
+
+
+@dataclass
 class StackInfo:
     """What ``up`` started and what the last ``run`` produced (``<run>/stack.json``)."""
 
@@ -36,17 +46,20 @@ class StackInfo:
     databricks_url: str
     databricks_token_file: str
     warehouse: str
-    site: str
-    dump: str
+    dumps: dict[str, str]  # site -> the archive the file server serves
     bucket: str
+    max_active_sites: int  # the producer's fan-out bound (STACKEXCHANGE_MAX_ACTIVE_SITES)
     producer_run_id: str = ""
-    consumer_run_id: str = ""
-    databricks_run_id: int = 0
-    databricks_run_url: str = ""
+    consumer_run_ids: list[str] = field(default_factory=list)
+    sites: dict[str, SiteResult] = field(default_factory=dict)  # what the last run produced
     timings: dict[str, float] = field(default_factory=dict)
-    table_rows: dict[str, int] = field(default_factory=dict)
-    top_tags: list[tuple[str, int]] = field(default_factory=list)
     memory_pss: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:  # from stack.json: plain dicts
+        self.sites = {
+            site: result if isinstance(result, SiteResult) else SiteResult(**result)
+            for site, result in self.sites.items()
+        }
 
 
 def info_path(run_dir: Path) -> Path:

@@ -2,11 +2,15 @@
 once), tear it down.
 
 Processes (each in its own process group, pid file in ``<run>/pids``, log in ``<run>/logs``):
-moto S3, a static file server holding the sample dump, the Databricks stand-in, PostgreSQL
+moto S3, a static file server holding the sample sites' dumps, the Databricks stand-in, PostgreSQL
 (if installed; SQLite otherwise) and Airflow's api-server, scheduler, dag-processor and
 triggerer with the LocalExecutor. Everything binds 127.0.0.1; the scheduler and triggerer run
 with ``--skip-serve-logs`` because Airflow's log server binds all interfaces (every component
 writes task logs to the same local folder, so the api-server reads them from disk).
+
+What does not depend on something else starts at once: the services before the metadata DB, the
+sample dumps built in a thread while PostgreSQL starts and ``airflow db migrate`` runs; each wait
+is on a readiness condition (a port answering, a log line), never a fixed sleep.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +46,12 @@ from local.stack.state import (
 Log = Callable[[str], None]
 
 POLICY_DIR = Path(__file__).resolve().parent / "policy"
-SITE = "sample.stackexchange.com"
+# The sites the file server serves (options of sample_dump.write_site): different sizes, seeds
+# and tag styles (<a><b> in older dumps, |a|b| in newer ones), so each site's gold differs.
+SAMPLE_SITES: dict[str, dict[str, object]] = {
+    "sample.stackexchange.com": {"posts": 5000, "users": 500, "seed": 0},
+    "sample.meta.stackexchange.com": {"posts": 2000, "users": 200, "seed": 1, "tag_style": "pipe"},
+}
 
 
 @dataclass
@@ -51,8 +61,11 @@ class Options:
     database: str = "auto"  # auto | postgres | sqlite
     run: bool = False  # also run the pipeline once the stack is up (make demo)
     timeout: float = 900.0
-    posts: int = 5000
-    users: int = 500
+    # The producer's fan-out bound (STACKEXCHANGE_MAX_ACTIVE_SITES). 1: the second site ingests
+    # while the first one's consumer run works. Airflow 3.0.2's scheduler leaves asset events
+    # that arrive while it creates the consumer's run without a run of their own
+    # (apache/airflow#56050, #62501): two ingests ending together can strand a site.
+    max_active_sites: int = 1
 
 
 def down(run_dir: Path) -> list[str]:
@@ -109,83 +122,101 @@ def _start(options: Options, run_dir: Path, log: Log) -> StackInfo:
     os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "WARNING"
     from stackexchange.settings import Storage
 
-    bucket = Storage.from_env().bucket
-
     moto = MotoS3()
     files_port, databricks_port = services.free_port(), services.free_port()
-    files_dir, warehouse = run_dir / "files", run_dir / "warehouse"
+    files_dir = run_dir / "files"
     token_file = run_dir / "databricks.token"
     token_file.touch(mode=0o600)
     token_file.write_text(secrets.token_urlsafe(24))
-    aws_env = {**base_env, **services.DUMMY_AWS_ENV}
-
-    log(f"Run directory {run_dir} (pids/, logs/)")
-    started = {
-        "s3": processes.start(run_dir, "s3", moto.command, env=base_env),
-        "files": processes.start(
-            run_dir,
-            "files",
-            [
-                sys.executable,
-                "-m",
-                "local.file_server",  # honours Range, as the producer needs
-                str(files_port),
-                "--bind",
-                "127.0.0.1",
-                "--directory",
-                str(files_dir),
-            ],
-            env=base_env,
-        ),
-        "databricks": processes.start(
-            run_dir,
-            "databricks",
-            [
-                sys.executable,
-                "-m",
-                "local.databricks_standin",
-                "--port",
-                str(databricks_port),
-                "--token-file",
-                str(token_file),
-                "--warehouse",
-                str(warehouse),
-                "--state-dir",
-                str(run_dir / "databricks-state"),
-                "--s3-endpoint",
-                moto.url,
-            ],
-            env=aws_env,
-        ),
-    }
-    dump = files_dir / f"{SITE}.7z"
-    sample_dump.build_dump(dump, posts=options.posts, users=options.users, seed=0)
-    log(f"Sample dump {dump.name}: {options.posts} posts, {options.users} users")
-
-    database, sql_url = _database(options, run_dir, base_env, log)
-    secrets_env = {
-        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
-        "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(32),
-    }
     info = StackInfo(
         run_dir=str(run_dir),
         ui_url=f"http://127.0.0.1:{options.api_port}",
         username=USERNAME,
         password_file=str(run_dir / "airflow" / "passwords.json"),
-        database=database,
+        database="",
         s3_endpoint=moto.url,
         files_url=f"http://127.0.0.1:{files_port}",
         databricks_url=f"http://127.0.0.1:{databricks_port}",
         databricks_token_file=str(token_file),
-        warehouse=str(warehouse),
-        site=SITE,
-        dump=str(dump),
-        bucket=bucket,
+        warehouse=str(run_dir / "warehouse"),
+        dumps={site: str(files_dir / f"{site}.7z") for site in SAMPLE_SITES},
+        bucket=Storage.from_env().bucket,
+        max_active_sites=options.max_active_sites,
     )
-    env = {**aws_env, **_airflow_env(info, options, base_env, sql_url, token_file), **secrets_env}
-    Path(info.password_file).parent.mkdir(parents=True, exist_ok=True)
-    _write_password(Path(info.password_file))
+    aws_env = {**base_env, **services.DUMMY_AWS_ENV}
 
+    log(f"Run directory {run_dir} (pids/, logs/)")
+    started = _start_services(info, moto, base_env, aws_env)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sample-dumps") as pool:
+        dumps = pool.submit(_build_dumps, info.dumps)  # CPU-bound; overlaps the DB's start
+        info.database, sql_url = _database(options, run_dir, base_env, log)
+        env = {**aws_env, **_airflow_env(info, options, base_env, sql_url, token_file)}
+        _migrate(run_dir, env)
+        started.update(_start_airflow(options, run_dir, env))
+        processes.wait_for("moto S3", moto.answers, timeout=60, service=started["s3"])
+        moto.create_bucket(info.bucket)
+        for site, rows in dumps.result().items():
+            log(f"Sample dump {site}.7z: {rows['posts']:,} posts, {rows['users']:,} users")
+    _wait_ready(info, started)
+    log(
+        f"Airflow {info.ui_url} on {info.database}; S3 {moto.url}; Databricks "
+        f"{info.databricks_url}; up to {info.max_active_sites} site(s) at once"
+    )
+    return info
+
+
+def _start_services(
+    info: StackInfo, moto: MotoS3, base_env: dict[str, str], aws_env: dict[str, str]
+) -> dict[str, processes.Service]:
+    """moto S3, the file server and the Databricks stand-in (none waits for another)."""
+    run_dir = Path(info.run_dir)
+    files_port = info.files_url.rsplit(":", 1)[1]
+    databricks_port = info.databricks_url.rsplit(":", 1)[1]
+    files = [
+        sys.executable,
+        "-m",
+        "local.file_server",  # honours Range, as the producer needs
+        files_port,
+        "--bind",
+        "127.0.0.1",
+        "--directory",
+        str(run_dir / "files"),
+    ]
+    databricks = [
+        sys.executable,
+        "-m",
+        "local.databricks_standin",
+        "--port",
+        databricks_port,
+        "--token-file",
+        info.databricks_token_file,
+        "--warehouse",
+        info.warehouse,
+        "--state-dir",  # also holds the runs' s3:// downloads
+        str(run_dir / "databricks-state"),
+        "--s3-endpoint",
+        moto.url,
+        "--start-spark",  # the JVM starts while Airflow does, not with the first job run
+    ]
+    return {
+        "s3": processes.start(run_dir, "s3", moto.command, env=base_env),
+        "files": processes.start(run_dir, "files", files, env=base_env),
+        "databricks": processes.start(run_dir, "databricks", databricks, env=aws_env),
+    }
+
+
+def _build_dumps(dumps: dict[str, str]) -> dict[str, dict[str, object]]:
+    """Each sample site's archive, where the file server serves it; returns their options."""
+    for site, path in dumps.items():
+        sample_dump.build_dump(Path(path), **SAMPLE_SITES[site])
+    return {site: SAMPLE_SITES[site] for site in dumps}
+
+
+def _migrate(run_dir: Path, env: dict[str, str]) -> None:
+    """The login (a random password for the demo user), then ``airflow db migrate``."""
+    password_file = Path(env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"])
+    password_file.parent.mkdir(parents=True, exist_ok=True)
+    _write_password(password_file)
     migrate_log = processes.log_dir(run_dir) / "airflow-db-migrate.log"
     with migrate_log.open("wb") as out:
         result = subprocess.run(
@@ -194,28 +225,29 @@ def _start(options: Options, run_dir: Path, log: Log) -> StackInfo:
     if result.returncode != 0:
         raise StackError(f"airflow db migrate failed\n{processes.tail(migrate_log)}")
 
+
+def _start_airflow(
+    options: Options, run_dir: Path, env: dict[str, str]
+) -> dict[str, processes.Service]:
+    api_server = ["api-server", "--host", "127.0.0.1", "--port", str(options.api_port)]
     airflow = {
-        "api-server": [
-            "api-server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(options.api_port),
-            "--workers",
-            "1",
-        ],
+        "api-server": [*api_server, "--workers", "1"],
         "scheduler": ["scheduler", "--skip-serve-logs"],
         "dag-processor": ["dag-processor"],
         "triggerer": ["triggerer", "--skip-serve-logs"],
     }
-    for name, args in airflow.items():
-        started[name] = processes.start(run_dir, name, [_bin("airflow"), *args], env=env)
+    return {
+        name: processes.start(run_dir, name, [_bin("airflow"), *args], env=env)
+        for name, args in airflow.items()
+    }
 
-    processes.wait_for("moto S3", moto.answers, timeout=60, service=started["s3"])
-    moto.create_bucket(bucket)
+
+def _wait_ready(info: StackInfo, started: dict[str, processes.Service]) -> None:
+    """Every service answers (the file server with each dump); the slowest decides."""
+    first_dump = Path(next(iter(info.dumps.values()))).name
     processes.wait_for(
         "the file server",
-        lambda: http_answers(f"{info.files_url}/{dump.name}"),
+        lambda: http_answers(f"{info.files_url}/{first_dump}"),
         timeout=30,
         service=started["files"],
     )
@@ -231,8 +263,6 @@ def _start(options: Options, run_dir: Path, log: Log) -> StackInfo:
         timeout=180,
         service=started["api-server"],
     )
-    log(f"Airflow {info.ui_url} on {database}; S3 {moto.url}; Databricks {info.databricks_url}")
-    return info
 
 
 def _write_password(path: Path) -> None:
@@ -259,12 +289,14 @@ def _database(options: Options, run_dir: Path, env: dict[str, str], log: Log) ->
 def _airflow_env(
     info: StackInfo, options: Options, base_env: dict[str, str], sql_url: str, token_file: Path
 ) -> dict[str, str]:
-    """Airflow configured entirely through environment variables."""
+    """Airflow configured entirely through environment variables (fresh secrets each time)."""
     return {
+        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
+        "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(32),
         "AIRFLOW_HOME": str(Path(info.run_dir) / "airflow"),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__EXECUTOR": "local.stack.executor.LocalExecutor",  # see there
         "AIRFLOW__CORE__PARALLELISM": "4",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{info.ui_url}/execution/",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USERNAME}:admin",
@@ -278,6 +310,7 @@ def _airflow_env(
         "PYTHONPATH": os.pathsep.join([str(POLICY_DIR), base_env["PYTHONPATH"]]),
         # The sample dump is served from 127.0.0.1, which the producer refuses unless exempted.
         **services.LOCAL_SOURCE_ENV,
+        "STACKEXCHANGE_MAX_ACTIVE_SITES": str(info.max_active_sites),
         **services.connections_env(
             info.s3_endpoint, info.databricks_url, token_file.read_text().strip()
         ),
