@@ -557,6 +557,19 @@ def test_job_id_from_the_environment_replaces_the_name(monkeypatch: pytest.Monke
         job_lookup()
 
 
+def test_the_poll_period_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from stackexchange.databricks_job import poll_seconds
+
+    monkeypatch.delenv("DATABRICKS_POLL_SECONDS", raising=False)
+    assert poll_seconds() == 30
+    monkeypatch.setenv("DATABRICKS_POLL_SECONDS", " 5 ")
+    assert poll_seconds() == 5
+    for bad in ("0", "-1", "2.5", "soon"):
+        monkeypatch.setenv("DATABRICKS_POLL_SECONDS", bad)
+        with pytest.raises(ValueError, match="DATABRICKS_POLL_SECONDS must be a whole number"):
+            poll_seconds()
+
+
 def test_the_dag_waits_for_both_assets(airflow_db) -> None:
     from airflow.assets.evaluation import AssetEvaluator
     from airflow.sdk.definitions.asset import AssetUniqueKey

@@ -50,6 +50,16 @@ def job_lookup() -> dict[str, str]:
     return {"job_id": job_id}
 
 
+def poll_seconds() -> int:
+    """How often the triggerer asks Databricks about a run: ``DATABRICKS_POLL_SECONDS``, else 30."""
+    raw = os.environ.get("DATABRICKS_POLL_SECONDS", "").strip() or "30"
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(
+            f"DATABRICKS_POLL_SECONDS must be a whole number of seconds >= 1, not {raw!r}"
+        )
+    return int(raw)
+
+
 def _checked(asset: Asset, extra: dict[str, Any], storage: Storage, member: str) -> dict:
     """``extra``, refused unless complete and naming an object of its own site under the
     deployment's bucket and prefix."""

@@ -311,6 +311,8 @@ def _airflow_env(
         # The sample dump is served from 127.0.0.1, which the producer refuses unless exempted.
         **services.LOCAL_SOURCE_ENV,
         "STACKEXCHANGE_MAX_ACTIVE_SITES": str(info.max_active_sites),
+        # The stand-in's sample runs take seconds: poll them every 5 s, not every 30 s.
+        "DATABRICKS_POLL_SECONDS": "5",
         **services.connections_env(
             info.s3_endpoint, info.databricks_url, token_file.read_text().strip()
         ),
