@@ -73,6 +73,28 @@ def test_each_writer_is_closed_when_its_member_is_complete(site: list[Path], tmp
     assert events == ["write Posts.xml", "close Posts.xml", "write Users.xml", "close Users.xml"]
 
 
+def test_each_folder_decoder_is_built_once(
+    site: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A solid dump holds both members in one folder: one decoder (one LZMA dictionary) is
+    built for it, by open_members, and stream decodes with that one. (The encoded header's
+    folder has a decoder of its own.)"""
+    built: list[sevenzip.Folder] = []
+
+    class Counting(sevenzip.FolderDecoder):
+        def __init__(self, folder: sevenzip.Folder) -> None:
+            built.append(folder)
+            super().__init__(folder)
+
+    monkeypatch.setattr(sevenzip, "FolderDecoder", Counting)
+    path = pack_7z(site, tmp_path / "site.7z")
+    members, contents = extract(path)
+    assert len(built) == len(set(built)) == 2
+    assert {name: len(data) for name, data in contents.items()} == {
+        name: member.size for name, member in members.items()
+    }
+
+
 def test_real_dumps_stream_like_py7zr_extracts_them(tmp_path: Path) -> None:
     """The three real dumps in ../shared: the same members, byte for byte, as py7zr's."""
     dumps = sorted((REPO.parent / "shared" / "stackexchange-dumps").glob("*.7z"))
