@@ -64,6 +64,7 @@ from local.sample_dump import pack_7z, pack_split, write_sized_site
 from local.services import DUMMY_AWS_ENV, LOCAL_SOURCE_ENV, MotoS3, aws_conn, s3_client
 from local.stack.prerequisites import ensure_seven_zip
 from local.stack.processes import StackError
+from stackexchange.settings import Limits
 
 REPO = Path(__file__).resolve().parents[1]
 DAGS = REPO / "dags"
@@ -135,6 +136,11 @@ PRODUCER_FEATURES_DAG = textwrap.dedent(
     """
 )
 REFERENCES = {"produce_data_asset.py": "producer_features_dag.py"}
+
+
+def validator(member: str) -> list[str]:
+    """The validator child's command line, with the row bound the ingest passes by default."""
+    return [sys.executable, "-I", str(DUMP_XML), member, str(Limits.max_row_bytes)]
 
 
 def worker_env(home: Path, s3_url: str | None = None) -> dict[str, str]:
@@ -464,8 +470,9 @@ def worker_baseline(spec: dict[str, Any]) -> None:
     if spec["checked"]:
         for member in MEMBERS:
             with (work / member).open("rb") as stdin:
-                result = subprocess.run([sys.executable, "-I", str(DUMP_XML), member],
-                                        stdin=stdin, capture_output=True, check=True)  # fmt: skip
+                result = subprocess.run(
+                    validator(member), stdin=stdin, capture_output=True, check=True
+                )
             if "rows" not in json.loads(result.stdout):
                 raise SystemExit(f"{member} did not validate: {result.stdout!r}")
         mark = phase("validate", mark)
@@ -613,7 +620,7 @@ def validate_alone(dump: Dump, extracted: Path, env: dict[str, str], servers: Se
         if not path.is_file():
             raise MeasureFailed(f"{path} is missing: the baseline did not extract it")
         with path.open("rb") as stdin:
-            run = measure([sys.executable, "-I", str(DUMP_XML), member], env, servers, stdin)
+            run = measure(validator(member), env, servers, stdin)
         if run.result.get("rows") != dump.rows[member]:
             raise MeasureFailed(
                 f"{member}: the validator says {run.result}, the dump holds "

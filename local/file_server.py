@@ -3,8 +3,8 @@ archive.org does (the producer reads a 7z archive's headers by Range, then strea
 resumes a dropped download by Range): ``python -m local.file_server PORT --directory DIR``.
 
 The standard library's ``http.server`` ignores Range and answers every GET with the whole file.
-One range per request (``bytes=a-b``, ``bytes=a-``, ``bytes=-n``), a strong ETag from the file's
-size and mtime, and ``If-Range`` are enough for the producer; anything else gets the whole file.
+One range per request (:func:`byte_range`), a strong ETag from the file's size and mtime, and
+``If-Range`` are enough for the producer; anything else gets the whole file.
 """
 
 from __future__ import annotations
@@ -17,7 +17,35 @@ import shutil
 from http import HTTPStatus
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
-RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+RANGE = re.compile(r"bytes=(\d*)-(\d*)", re.IGNORECASE)  # the range unit is case-insensitive
+
+
+class RangeNotSatisfiable(ValueError):
+    """A well-formed range that selects no byte of the file: answer 416."""
+
+
+def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The bytes [start, end) a ``Range`` header asks of a ``size``-byte file, as RFC 9110
+    (14.1.2) reads one byte range: ``bytes=a-b`` (b clipped to the end), ``bytes=a-`` and
+    ``bytes=-n`` (the last n bytes, or all if fewer). None for no header or one to ignore (not
+    a single byte range, or ``a > b``): the whole file, 200. Raises RangeNotSatisfiable if it
+    selects nothing (``a`` at or past the end, ``bytes=-0``, any range of an empty file).
+    """
+    match = RANGE.fullmatch((header or "").strip())
+    if not match or match.groups() == ("", ""):
+        return None
+    first, last = match.groups()
+    if first and last and int(last) < int(first):
+        return None  # invalid, so ignored
+    if first:
+        start, end = int(first), min(int(last) + 1, size) if last else size
+    else:
+        start, end = max(size - int(last), 0), size
+        if int(last) == 0:
+            start = end  # a zero-length suffix selects nothing
+    if start >= end:
+        raise RangeNotSatisfiable(f"{header} of {size} bytes")
+    return start, end
 
 
 class RangeRequestHandler(SimpleHTTPRequestHandler):
@@ -30,31 +58,20 @@ class RangeRequestHandler(SimpleHTTPRequestHandler):
             return super().send_head()
         stat = os.stat(path)
         etag = f'"{stat.st_size:x}-{stat.st_mtime_ns:x}"'
-        wanted = self._range(stat.st_size, etag)
+        wanted = None
+        if self.headers.get("If-Range", etag) == etag:
+            try:
+                wanted = byte_range(self.headers.get("Range"), stat.st_size)
+            except RangeNotSatisfiable:
+                self.send_response(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE)
+                self.send_header("Content-Range", f"bytes */{stat.st_size}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return None
         if wanted is None:
             return self._send(path, HTTPStatus.OK, 0, stat.st_size, stat, etag)
-        if wanted == ():
-            self.send_response(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE)
-            self.send_header("Content-Range", f"bytes */{stat.st_size}")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return None
         start, end = wanted
         return self._send(path, HTTPStatus.PARTIAL_CONTENT, start, end, stat, etag)
-
-    def _range(self, size: int, etag: str) -> tuple[int, int] | tuple[()] | None:
-        """(start, end) of the requested range; () if unsatisfiable; None for the whole file."""
-        match = RANGE.fullmatch(self.headers.get("Range", "").strip())
-        if not match or self.headers.get("If-Range", etag) != etag:
-            return None
-        first, last = match.groups()
-        if not first and not last:
-            return None
-        if not first:  # the last n bytes
-            start, end = max(0, size - int(last)), size
-        else:
-            start, end = int(first), min(size, int(last) + 1) if last else size
-        return (start, end) if start < end else ()
 
     def _send(self, path, status, start, end, stat, etag):  # type: ignore[no-untyped-def]
         handle = open(path, "rb")  # noqa: SIM115  # closed by copyfile's caller (the base class)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import re
 import threading
 import time
 import urllib.parse
@@ -21,6 +20,8 @@ from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Self
+
+from local.file_server import RangeNotSatisfiable, byte_range
 
 CHUNK = 1 << 20
 POLL_SECONDS = 0.05  # how soon shutdown() returns (the default, 0.5 s, adds up over the suite)
@@ -142,19 +143,14 @@ class DumpServer(_LocalServer):
                 size = stat.st_size
                 etag = '"' + hashlib.md5(f"{stat.st_mtime_ns}-{size}".encode()).hexdigest() + '"'
                 start, end, status = 0, size, 200
-                wanted = re.fullmatch(r"bytes=(\d*)-(\d*)", self.headers.get("Range", ""))
-                if_range = self.headers.get("If-Range")
-                if wanted and not server.faults.ignore_range and if_range in (None, etag):
-                    first, last = wanted.groups()
-                    if first:  # bytes=a- or bytes=a-b
-                        start = int(first)
-                        end = min(int(last) + 1, size) if last else size
-                    else:  # bytes=-n: the last n bytes
-                        start = max(size - int(last or 0), 0)
-                    status = 206
-                    if start >= size or start >= end:
+                if not server.faults.ignore_range and self.headers.get("If-Range") in (None, etag):
+                    try:
+                        wanted = byte_range(self.headers.get("Range"), size)
+                    except RangeNotSatisfiable:
                         self._plain(416, headers={"Content-Range": f"bytes */{size}"})
                         return
+                    if wanted is not None:
+                        (start, end), status = wanted, 206
                 self.send_response(status)
                 length = str(end - start)
                 if not body and server.faults.head_content_length:

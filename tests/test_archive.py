@@ -104,6 +104,28 @@ def test_dumps_stream_like_py7zr_extracts_them(
         assert contents[name] == (tmp_path / name).read_bytes(), path.name
 
 
+def test_each_folder_decoder_is_built_once(
+    site: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A solid dump holds both members in one folder: one decoder (one LZMA dictionary) is
+    built for it, by open_members, and stream decodes with that one. (The encoded header's
+    folder has a decoder of its own.)"""
+    built: list[sevenzip.Folder] = []
+
+    class Counting(sevenzip.FolderDecoder):
+        def __init__(self, folder: sevenzip.Folder) -> None:
+            built.append(folder)
+            super().__init__(folder)
+
+    monkeypatch.setattr(sevenzip, "FolderDecoder", Counting)
+    path = pack_7z(site, tmp_path / "site.7z")
+    members, contents = extract(path)
+    assert len(built) == len(set(built)) == 2
+    assert {name: len(data) for name, data in contents.items()} == {
+        name: member.size for name, member in members.items()
+    }
+
+
 CODERS = {
     "lzma2": [{"id": py7zr.FILTER_LZMA2, "preset": 1}],
     "lzma": [{"id": py7zr.FILTER_LZMA}],

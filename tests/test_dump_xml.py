@@ -258,7 +258,7 @@ def test_child_reports_one_json_line(site: Path, corrupt: bool) -> None:
     if corrupt:
         data = data[:-10]
     done = subprocess.run(
-        [sys.executable, "-I", dump_xml.__file__, "Users.xml"],
+        [sys.executable, "-I", dump_xml.__file__, "Users.xml", str(dump_xml.MAX_LINE_BYTES)],
         input=data,
         capture_output=True,
         check=True,

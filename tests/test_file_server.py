@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from local.file_server import RangeNotSatisfiable, byte_range
 from local.services import free_port, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,3 +69,40 @@ def test_a_range_past_the_end_is_not_satisfiable(served: str) -> None:
     response = requests.get(served, headers={"Range": f"bytes={len(DATA)}-"}, timeout=5)
     assert response.status_code == 416
     assert response.headers["Content-Range"] == f"bytes */{len(DATA)}"
+
+
+@pytest.mark.parametrize(
+    ("header", "wanted"),
+    [
+        ("bytes=0-0", (0, 1)),
+        ("bytes=2-5", (2, 6)),
+        ("bytes=7-99", (7, 10)),  # the last position is clipped to the end
+        ("bytes=3-", (3, 10)),
+        ("bytes=-4", (6, 10)),
+        ("bytes=-99", (0, 10)),  # a suffix longer than the file: all of it
+        ("Bytes=2-5", (2, 6)),  # the unit is case-insensitive
+        (" bytes=2-5 ", (2, 6)),
+        (None, None),
+        ("", None),
+        ("bytes=-", None),  # malformed: ignored, the whole file
+        ("bytes=5-2", None),  # last before first: invalid, ignored
+        ("bytes=0-1,4-5", None),  # several ranges: not served, the whole file
+        ("items=0-5", None),
+        ("bytes=a-b", None),
+    ],
+)
+def test_byte_range_reads_rfc_9110_ranges(header: str | None, wanted: object) -> None:
+    assert byte_range(header, 10) == wanted
+
+
+@pytest.mark.parametrize(
+    ("header", "size"), [("bytes=10-", 10), ("bytes=10-20", 10), ("bytes=-0", 10), ("bytes=-5", 0)]
+)
+def test_byte_range_selecting_nothing_is_not_satisfiable(header: str, size: int) -> None:
+    with pytest.raises(RangeNotSatisfiable):
+        byte_range(header, size)
+
+
+def test_a_malformed_range_gets_the_whole_file(served: str) -> None:
+    response = requests.get(served, headers={"Range": "bytes=-"}, timeout=5)
+    assert (response.status_code, response.content) == (200, DATA)

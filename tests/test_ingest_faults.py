@@ -187,26 +187,30 @@ def test_a_failed_part_upload_aborts_both_uploads(
 def test_a_failed_completion_leaves_the_manifest_on_the_previous_pair(
     mirror: Mirror, s3: Any, aws_conn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The second completion is refused: the first object is complete in the new generation,
-    but no manifest names it; the next commit's retention deletes it."""
+    """Users.xml's completion is refused after Posts.xml's succeeded (each member completes
+    once validated): no manifest names the new generation, and the failing run deletes the
+    object it completed."""
     previous = publish_v1(mirror)
     completions: list[str] = []
 
-    def second_completion(method: str, path: str) -> bool:
+    def users_completion(method: str, path: str) -> bool:
         if method == "POST" and "uploadId=" in path:
             completions.append(path)
-            return len(completions) == 2
+            return "Users.xml" in path
         return False
 
     with (
-        s3_through(S3FaultProxy(aws_conn, deny=second_completion), monkeypatch),
+        s3_through(S3FaultProxy(aws_conn, deny=users_completion), monkeypatch),
         pytest.raises(S3PublishError, match="denied"),
     ):
         run_ingest(mirror.base, "broken#1")
-    assert "Posts.xml" in completions[0] and "Users.xml" in completions[1]
+    assert sorted("Posts.xml" in path for path in completions) == [False, True]
     assert_pair_is(s3, previous)
     assert open_uploads(s3) == []
-    assert s3.list_objects_v2(Bucket=BUCKET, Prefix=SITE_KEYS.lock).get("KeyCount") == 0
+    listed = s3.list_objects_v2(Bucket=BUCKET, Prefix=SITE_KEYS.site_prefix).get("Contents", [])
+    assert {o["Key"] for o in listed} == {SITE_KEYS.manifest} | {
+        SITE_KEYS.key(previous.generation, name) for name in MEMBERS
+    }  # no lock, nothing of the failed generation
     recovers(mirror, s3)
 
 

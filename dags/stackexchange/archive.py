@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from stackexchange import sevenzip
@@ -61,14 +61,16 @@ class Member:
     crc32: int | None
 
 
-@dataclass
+@dataclass(frozen=True)
 class Opened:
     """An archive whose header was read and checked: what :func:`stream` needs."""
 
     name: str
     layout: sevenzip.Layout
     needed: dict[str, sevenzip.Entry]
-    fetched: list[tuple[int, bytes]] = field(default_factory=list)  # (offset, bytes) read ahead
+    fetched: list[tuple[int, bytes]]  # (offset, bytes) read ahead
+    # One per folder holding a needed member, built (and checked) once, used by stream().
+    decoders: dict[int, sevenzip.FolderDecoder]
 
 
 def _corrupt(name: str, detail: object) -> ArchiveError:
@@ -101,22 +103,21 @@ def open_members(
             f"{name} is not a 7z archive; check that source_base_url serves the Stack "
             "Exchange .7z dumps, not an HTML page"
         )  # the bytes themselves are never echoed: they came from an untrusted source
-    opened = Opened(name, sevenzip.Layout((), (), 0), {}, [(0, start)])
+    fetched = [(0, start)]
 
     def fetch(begin: int, end: int) -> bytes:
         data = archive.read_range(begin, end)
-        opened.fetched.append((begin, data))
+        fetched.append((begin, data))
         return data
 
     try:
         signature = sevenzip.parse_signature(start, archive.size)
         header = fetch(signature.header_offset, signature.header_offset + signature.header_size)
-        opened.layout = sevenzip.parse_header(header, signature, fetch)
+        layout = sevenzip.parse_header(header, signature, fetch)
     except sevenzip.UnsupportedCoder as exc:
         raise _unsupported(name, exc) from exc
     except sevenzip.SevenZipError as exc:
         raise _corrupt(name, f"unreadable header: {exc}") from exc
-    layout = opened.layout
     at_root: dict[str, list[sevenzip.Entry]] = {}
     for entry in layout.entries:
         if not entry.is_directory and "/" not in entry.name and "\\" not in entry.name:
@@ -143,17 +144,18 @@ def open_members(
             f"{limits.max_expansion_ratio:g}x, so it is refused (raise "
             "STACKEXCHANGE_MAX_EXPANSION_RATIO only if you trust the source)"
         )
-    opened.needed = {m: at_root[m][0] for m in needed}
-    for entry in opened.needed.values():
-        if entry.folder is not None:
+    entries = {m: at_root[m][0] for m in needed}
+    decoders: dict[int, sevenzip.FolderDecoder] = {}
+    for entry in entries.values():
+        if entry.folder is not None and entry.folder not in decoders:
             try:
-                sevenzip.FolderDecoder(layout.folders[entry.folder])
+                decoders[entry.folder] = sevenzip.FolderDecoder(layout.folders[entry.folder])
             except sevenzip.UnsupportedCoder as exc:
                 raise _unsupported(name, exc) from exc
             except sevenzip.SevenZipError as exc:
                 raise _corrupt(name, exc) from exc
-    members = {m: Member(m, e.size, e.crc32) for m, e in opened.needed.items()}
-    return opened, members
+    members = {m: Member(m, e.size, e.crc32) for m, e in entries.items()}
+    return Opened(name, layout, entries, fetched, decoders), members
 
 
 class _Splitter:
@@ -215,9 +217,7 @@ def stream(archive: ArchiveBytes, opened: Opened, writers: dict[str, MemberWrite
         else:
             by_folder.setdefault(entry.folder, []).append((entry, writer))
     folders = [
-        _Folder(
-            layout.folders[i], sevenzip.FolderDecoder(layout.folders[i]), _Splitter(name, members)
-        )  # fmt: skip
+        _Folder(layout.folders[i], opened.decoders[i], _Splitter(name, members))
         for i, members in sorted(by_folder.items(), key=lambda f: layout.folders[f[0]].pack_offset)
     ]
     position = 0

@@ -265,4 +265,4 @@ def _validate_stdin(name: str, max_line_bytes: int) -> None:
 
 
 if __name__ == "__main__":
-    _validate_stdin(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else MAX_LINE_BYTES)
+    _validate_stdin(sys.argv[1], int(sys.argv[2]))  # ValidatingStream always passes both

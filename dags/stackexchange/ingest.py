@@ -9,17 +9,21 @@ One streaming pipeline per archive, its stages overlapped::
 
 Nothing touches the local disk: neither the archive (read forward only, resumed with Range after
 a drop) nor the extracted XML. The parts go to this ingest's own generation of the site
-(``publish.SiteKeys``), under the site's lock (``lock``). Nothing becomes visible until both
-members validated, every CRC and the published checksum matched and every part is uploaded: then
-``publish.commit`` completes both and writes the site's manifest, the one write that commits the
-pair. Any failure aborts both multipart uploads; the previous pair stays as it was.
+(``publish.SiteKeys``), under the site's lock (``lock``). Each member's upload is completed in the
+background once it validated and its CRC matched, while the next member streams (S3's completion
+of a large object takes seconds: off the tail). Nothing becomes visible until both members
+validated, every CRC and the published checksum matched and both are complete: then
+``publish.commit`` writes the site's manifest, the one write that commits the pair. Any failure
+aborts both uploads (deletes a completed one); the previous pair stays as it was.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -173,25 +177,36 @@ def _decide(
 class _Member:
     """Where one member's bytes go: counted, hashed and validated (``ValidatingStream``), and
     uploaded (``MultipartUpload``). Closed as soon as its last byte is decoded and its CRC
-    matched, so its validation result is known and its upload buffers are freed before the
-    next member."""
+    matched, so its validation result is known before the next member; its last parts and its
+    completion (``complete``) then run on ``completing`` while the next member streams."""
 
     def __init__(
-        self, name: str, upload: MultipartUpload, decompressed: Counter, limits: Limits
+        self,
+        name: str,
+        upload: MultipartUpload,
+        decompressed: Counter,
+        limits: Limits,
+        completing: ThreadPoolExecutor,
+        complete: Callable[[str, MultipartUpload, ValidatedFile], publish.PublishedObject],
     ) -> None:
         self.name, self.upload, self.decompressed = name, upload, decompressed
         self.stream = ValidatingStream(name, upload, limits.max_row_bytes)
-        self.file: ValidatedFile | None = None
+        self.completing, self.complete = completing, complete
+        self.published: Future[publish.PublishedObject] | None = None
 
     def write(self, data: bytes | memoryview) -> int:
         self.decompressed.done += len(data)
         return self.stream.write(data)
 
     def close(self) -> None:
-        self.file = self.stream.finish()
+        file = self.stream.finish()
+        log.info("%s is valid: %d rows, %s, sha256 %s", self.name, file.rows,
+                 source.human_bytes(file.bytes), file.sha256)  # fmt: skip
+        self.published = self.completing.submit(self._publish, file)
+
+    def _publish(self, file: ValidatedFile) -> publish.PublishedObject:
         self.upload.finish()
-        log.info("%s is valid: %d rows, %s, sha256 %s", self.name, self.file.rows,
-                 source.human_bytes(self.file.bytes), self.file.sha256)  # fmt: skip
+        return self.complete(self.name, self.upload, file)
 
 
 class _Total:
@@ -219,6 +234,18 @@ def _metadata(site: str, remote: source.RemoteArchive, ingest_id: str) -> dict[s
     return {name: s3.ascii_value(value) for name, value in values.items()}
 
 
+def _complete(
+    client: Any,
+    keys: publish.SiteKeys,
+    ingest_id: str,
+    remote: source.RemoteArchive,
+    name: str,
+    upload: MultipartUpload,
+    file: ValidatedFile,
+) -> publish.PublishedObject:
+    return publish.complete(client, keys, ingest_id, name, publish.Staged(upload, file, remote))
+
+
 def _stage(
     client: Any,
     keys: publish.SiteKeys,
@@ -226,17 +253,22 @@ def _stage(
     found: source.Source,
     ingest_id: str,
     uploads: list[MultipartUpload],
-) -> dict[str, publish.Staged]:
-    """Stream every archive's members into open multipart uploads; validated, not visible.
+) -> dict[str, publish.PublishedObject]:
+    """Stream every archive's members into multipart uploads, each completed once validated;
+    not visible (no manifest names them yet).
 
     Each archive is read once, forward, with no local copy (``download``): its header by Range
     requests first, then its packed streams decoded as they arrive (``archive``).
     """
     policy, limits = DownloadPolicy.from_env(), Limits.from_env()
     archives = found.unique_archives()
-    staged: dict[str, publish.Staged] = {}
+    writers: dict[str, _Member] = {}
     with contextlib.ExitStack() as opened:
         sources = [opened.enter_context(open_archive(r, policy)) for r, _ in archives]
+        # One thread per member: a member's completion never waits behind the other's. On an
+        # error, those not started are dropped and a running one is waited for (then aborted).
+        completing = ThreadPoolExecutor(len(source.MEMBERS), thread_name_prefix="complete")
+        opened.callback(completing.shutdown, wait=True, cancel_futures=True)
         decompressed, uploaded = Counter(), Counter()
         counters = {
             "downloaded": _Total([s.downloaded for s in sources]),
@@ -253,7 +285,7 @@ def _stage(
                     m.size for m in declared.values()
                 )
                 uploaded.total = decompressed.total
-                writers: dict[str, _Member] = {}
+                streaming: dict[str, _Member] = {}
                 try:
                     for member in members:
                         upload = MultipartUpload(
@@ -265,18 +297,23 @@ def _stage(
                             uploaded,
                         )
                         uploads.append(upload)
-                        writers[member] = _Member(member, upload, decompressed, limits)
+                        complete = functools.partial(_complete, client, keys, ingest_id, remote)
+                        streaming[member] = _Member(
+                            member, upload, decompressed, limits, completing, complete
+                        )
                     log.info("Streaming %s from %s", " and ".join(members), remote.name)
                     # Returns once every byte arrived and the published checksum matched.
-                    archive.stream(archive_bytes, header, writers)
+                    archive.stream(archive_bytes, header, streaming)
                 finally:
-                    for writer in writers.values():
+                    for writer in streaming.values():
                         writer.stream.close()  # no validator process outlives the stream
                 archive_bytes.close()
-                for member, writer in writers.items():
-                    assert writer.file is not None  # closed by archive.stream
-                    staged[member] = publish.Staged(writer.upload, writer.file, remote)
-    return staged
+                writers.update(streaming)
+        published = {}
+        for member, writer in writers.items():
+            assert writer.published is not None  # closed by archive.stream
+            published[member] = writer.published.result()
+    return published
 
 
 def ingest(
@@ -324,7 +361,7 @@ def ingest(
         uploads: list[MultipartUpload] = []
         try:
             with s3.explained(aws_conn_id, storage.bucket, "uploading"):
-                staged = _stage(client, keys, generation, found, ingest_id, uploads)
+                objects = _stage(client, keys, generation, found, ingest_id, uploads)
         except BaseException:
             for upload in uploads:
                 upload.abort()
@@ -335,7 +372,7 @@ def ingest(
                 keys,
                 ingest_id=ingest_id,
                 generation=generation,
-                staged=staged,
+                objects=objects,
                 current=current,
                 keep_previous=storage.keep_previous,
                 map_index=map_index,

@@ -15,7 +15,7 @@ and exactly these objects (ETags). So no operator has to name the site: the old 
 recorded it on every object. The objects are copied server-side (CopyObject, or UploadPartCopy
 above 5 GiB: Posts.xml of stackoverflow.com is about 100 GB) into a new generation, conditional
 on the legacy ETag, then the site's manifest is written with the same single conditional PUT
-as every commit (``publish.commit_objects``). A kill before that PUT leaves no manifest (the
+as every commit (``publish.commit``). A kill before that PUT leaves no manifest (the
 copies are garbage the next commit's retention deletes); after it, a whole one. The legacy keys
 are deleted only after the commit: nothing reads them any more, and keeping them would double
 the storage of the biggest objects.
@@ -251,7 +251,7 @@ def adopt(
         )
         for name, legacy in pair.objects.items()
     }
-    manifest = publish.commit_objects(
+    manifest = publish.commit(
         client,
         keys,
         ingest_id=ingest_id,

@@ -2,10 +2,10 @@
 
 Bytes are cut into parts of ``part_size`` and uploaded by a few threads while more arrive; at most
 ``in_flight`` parts upload at once, plus one filling (a writer blocks until a buffer frees:
-backpressure). The
-object appears only on :meth:`MultipartUpload.complete`; :meth:`MultipartUpload.abort` throws
-every uploaded part away. An upload nobody completes or aborts (the task was killed) is aborted
-by the site's next writer (``publish.abort_stale_uploads``) and by the bucket's lifecycle rule.
+backpressure). The object appears only on :meth:`MultipartUpload.complete`;
+:meth:`MultipartUpload.abort` throws every uploaded part away (or the object, once completed). An
+upload nobody completes or aborts (the task was killed) is aborted by the site's next writer
+(``publish.abort_stale_uploads``) and by the bucket's lifecycle rule.
 """
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ class MultipartUpload:
         self._filled = 0
         self._pool = ThreadPoolExecutor(in_flight, thread_name_prefix=f"upload-{key}")
         self._futures: list[Future[None]] = []
+        self._completed = False
 
     def _take(self) -> bytearray:
         """A free part buffer; blocks while every buffer is uploading (backpressure)."""
@@ -140,20 +141,26 @@ class MultipartUpload:
     def complete(self) -> dict[str, Any]:
         """Make the object visible; S3's answer (its ETag and VersionId are the object's)."""
         parts = [{"PartNumber": n, "ETag": self._etags[n]} for n in sorted(self._etags)]
-        return self.client.complete_multipart_upload(
+        answer = self.client.complete_multipart_upload(
             Bucket=self.bucket,
             Key=self.key,
             UploadId=self.upload_id,
             MultipartUpload={"Parts": parts},
         )
+        self._completed = True
+        return answer
 
     def abort(self) -> None:
-        """Throw the upload away (best effort: the next run aborts what is left)."""
+        """Throw the upload away, or the object if it was completed (best effort: the next
+        run aborts what is left, and its commit deletes generations no manifest names)."""
         self._error = self._error or RuntimeError("aborted")
         self._pool.shutdown(wait=True, cancel_futures=True)
         try:
-            self.client.abort_multipart_upload(
-                Bucket=self.bucket, Key=self.key, UploadId=self.upload_id
-            )
+            if self._completed:
+                self.client.delete_object(Bucket=self.bucket, Key=self.key)
+            else:
+                self.client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=self.key, UploadId=self.upload_id
+                )
         except (ClientError, BotoCoreError) as exc:
             log.warning("Could not abort the upload of %s (%s); the next run will", self.key, exc)

@@ -8,11 +8,13 @@ Layout of one site (``SiteKeys``)::
     {prefix}/{site}/{generation}/Users.xml
 
 Each ingest streams both files into multipart uploads under its own generation, keys no other
-ingest ever writes. :func:`commit` completes both, then writes the manifest with one PUT, which
-is the commit: a reader that resolves the pair through the manifest sees the previous pair or
-the new one, whole, whenever the writer dies. A generation whose manifest was never written is
-garbage, deleted by the next commit's retention (or the bucket's lifecycle rule); nothing is
-ever rolled back, so nothing needs ``s3:DeleteObjectVersion``.
+ingest ever writes, and completes each (:func:`complete`) once it is validated and uploaded,
+while the next streams: no reader looks at a generation no manifest names. :func:`commit`
+then writes the manifest with one PUT, which is the commit: a reader that resolves the pair
+through the manifest sees the previous pair or the new one, whole, whenever the writer dies. A
+failing ingest deletes the objects it completed; a generation whose manifest was never written
+(the writer died) is garbage, deleted by the next commit's retention (or the bucket's lifecycle
+rule); nothing is ever rolled back, so nothing needs ``s3:DeleteObjectVersion``.
 
 Each object's identity comes from its own CompleteMultipartUpload response (ETag, VersionId),
 checked against a HEAD of the generation key that must carry this ingest's id in its metadata.
@@ -267,9 +269,11 @@ def _completed(
         return strip_etag(found["ETag"]), version_of(found)
 
 
-def _as_published(
+def complete(
     client: Any, keys: SiteKeys, ingest_id: str, name: str, staged: Staged
 ) -> PublishedObject:
+    """Complete a validated file's upload: the object at its generation key, as the manifest
+    will record it (checked to be the object this ingest wrote)."""
     etag, version = _completed(client, keys, ingest_id, staged)
     key = staged.upload.key
     found = head(client, keys.bucket, key)
@@ -322,46 +326,12 @@ def commit(
     *,
     ingest_id: str,
     generation: str,
-    staged: dict[str, Staged],
-    current: Current,
-    keep_previous: int,
-    map_index: int | None = None,
-) -> Manifest:
-    """Complete both uploads, then :func:`commit_objects`."""
-    objects: dict[str, PublishedObject] = {}
-    try:
-        for name in sorted(staged):
-            objects[name] = _as_published(client, keys, ingest_id, name, staged[name])
-    except BaseException:
-        for name, pending in staged.items():
-            if name not in objects:
-                pending.upload.abort()
-        raise
-    return commit_objects(
-        client,
-        keys,
-        ingest_id=ingest_id,
-        generation=generation,
-        objects=objects,
-        current=current,
-        keep_previous=keep_previous,
-        map_index=map_index,
-    )
-
-
-def commit_objects(
-    client: Any,
-    keys: SiteKeys,
-    *,
-    ingest_id: str,
-    generation: str,
     objects: dict[str, PublishedObject],
     current: Current,
     keep_previous: int,
     map_index: int | None = None,
 ) -> Manifest:
-    """Write the manifest naming ``objects`` (already in ``generation``, written by
-    ``ingest_id``): the commit; then apply retention."""
+    """Write the manifest naming the completed ``objects`` (the commit), then apply retention."""
     before = current.manifest
     kept = ([before.generation, *before.previous] if before else [])[:keep_previous]
     manifest = Manifest(

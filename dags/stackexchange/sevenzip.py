@@ -124,7 +124,6 @@ class Entry:
 class Layout:
     folders: tuple[Folder, ...]
     entries: tuple[Entry, ...]
-    packed_end: int  # where the main packed streams end (absolute)
 
 
 def parse_signature(data: bytes, archive_size: int) -> Signature:
@@ -403,8 +402,7 @@ def _header(reader: _Reader, header_offset: int) -> Layout:
     folders = streams.folders
     if property_id != _END:
         raise SevenZipError(f"unexpected header property {property_id}")
-    packed_end = folders[-1].pack_offset + folders[-1].pack_size if folders else SIGNATURE_BYTES
-    return Layout(tuple(folders), tuple(entries), packed_end)
+    return Layout(tuple(folders), tuple(entries))
 
 
 def _files(reader: _Reader, streams: _Streams) -> list[Entry]:
