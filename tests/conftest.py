@@ -42,6 +42,23 @@ SPARK_FIXTURES = {"spark", "databricks_standin"}
 HEAVY_FIXTURES = {"spark": SPARK_FIXTURES, "local-stack": {"local_stack"}}
 
 
+def _parse_botocore_models_once() -> None:
+    """Every boto3 client is made in a new botocore session, whose loader parses botocore's JSON
+    models again (S3's service model, endpoints, rulesets: ~0.2 s of CPU). The tasks make one per
+    check_source and ingest (~150 in the 50-site run), the tests many more. Parse each file once
+    per process: the loader already shares the parsed model between the clients of one session,
+    and the files are installed, so what each client gets is unchanged."""
+    import functools
+
+    from botocore import loaders
+
+    parse = functools.cache(loaders.JSONFileLoader().load_file)
+    loaders.JSONFileLoader.load_file = lambda _, file_path: parse(file_path)
+
+
+_parse_botocore_models_once()
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(_AIRFLOW_HOME, ignore_errors=True)
 
