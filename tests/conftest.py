@@ -22,7 +22,11 @@ pytest_plugins = ["tests.databricks_fixtures"]
 REPO = Path(__file__).resolve().parents[1]
 DAGS_FOLDER = REPO / "dags"
 
-_AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="airflow-tests-"))
+# In memory where there is a tmpfs: each SQLite commit on a disk waits for its fsync (~20 ms here,
+# under 1 ms on /dev/shm), and a dag.test() run commits hundreds of times.
+_AIRFLOW_HOME = Path(
+    tempfile.mkdtemp(prefix="airflow-tests-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+)
 os.environ.update(
     {
         "AIRFLOW_HOME": str(_AIRFLOW_HOME),
