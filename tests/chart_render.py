@@ -137,7 +137,8 @@ def template(args: list[str], chart: str) -> Docs:
         capture_output=True, text=True, check=False, timeout=120,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
-    return tuple(d for d in yaml.safe_load_all(out.stdout) if d)
+    # libyaml's parser: the same objects as yaml.safe_load_all, ~10x faster on a whole release
+    return tuple(d for d in yaml.load_all(out.stdout, Loader=yaml.CSafeLoader) if d)
 
 
 def renderer(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Docs]:

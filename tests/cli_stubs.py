@@ -13,9 +13,7 @@ import base64
 import json
 import os
 import re
-import shutil
 import sys
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -362,6 +360,9 @@ TOOLS: dict[str, Callable[[list[str], dict[str, Any]], str]] = {
 
 def keep_values_files(args: list[str]) -> dict[str, dict[str, str]]:
     """A copy of each --values file (path -> {copy, mode}), next to the call log."""
+    import shutil  # imported where needed, as yaml: every stub call is a new process
+    import uuid
+
     kept = {}
     for i, arg in enumerate(args[:-1]):
         source = Path(args[i + 1])

@@ -8,6 +8,7 @@ never reached and a tool the scripts need but nobody listed shows up in the test
 from __future__ import annotations
 
 import json
+import py_compile
 import shutil
 import subprocess
 import sys
@@ -91,10 +92,15 @@ class Sandbox:
             else:
                 shutil.copy2(src, self.repo / name)
         self.bin.mkdir()
+        # cli_stubs compiled once for the sandbox's dozens of stub calls (with
+        # PYTHONDONTWRITEBYTECODE or -B, each would compile it again): a .pyc alone is importable.
+        stub_lib = root / "stub-lib"
+        source = REPO / "tests" / "cli_stubs.py"
+        py_compile.compile(str(source), cfile=str(stub_lib / "cli_stubs.pyc"), doraise=True)
         for tool in STUBBED:
             stub = self.bin / tool
             stub.write_text(
-                f"#!{sys.executable} -B\nimport sys\nsys.path.insert(0, {str(REPO / 'tests')!r})\n"
+                f"#!{sys.executable} -B\nimport sys\nsys.path.insert(0, {str(stub_lib)!r})\n"
                 f"from cli_stubs import main\nmain({tool!r})\n"
             )
             stub.chmod(0o755)
