@@ -487,11 +487,16 @@ def test_every_dashboard_query_names_only_mapped_metrics() -> None:
 # --- chart/platform rendered by real helm ------------------------------------------------------
 
 
-def helm_bin() -> str:
+def tools() -> k8s_tools.Tools:
+    """Helm and the official chart, as `make k8s-tools` provides them (one way, for every test)."""
     try:
-        return str(chart_render.tools().helm)
+        return chart_render.tools()
     except k8s_tools.ToolError as error:
         pytest.fail(str(error), pytrace=False)
+
+
+def helm_bin() -> str:
+    return str(tools().helm)
 
 
 # The metrics and backup objects among what chart/platform renders (it carries NetworkPolicies too).
@@ -568,22 +573,10 @@ def test_a_bad_max_pair_age_is_refused() -> None:
 # --- the official chart with the overlay ---------------------------------------------------------
 
 
-def official_chart() -> Path:
-    """AIRFLOW_CHART_DIR, else the pinned chart archive in shared/ beside the repository."""
-    if os.environ.get("AIRFLOW_CHART_DIR"):
-        return Path(os.environ["AIRFLOW_CHART_DIR"])
-    version = VERSIONS["AIRFLOW_CHART_VERSION"]
-    for shared in (REPO.parent / "shared", Path("/work/shared")):
-        archive = shared / "k8s" / f"airflow-{version}.tgz"
-        if archive.is_file():
-            return archive
-    pytest.fail(f"the Airflow chart {version} is needed: set AIRFLOW_CHART_DIR")
-
-
 @pytest.mark.k8s
 def test_the_official_chart_takes_the_mapping_and_admits_prometheus() -> None:
     docs = render("--values", str(REPO / "chart" / "values.yaml"), "--values",
-                  str(VALUES_METRICS), chart=official_chart())  # fmt: skip
+                  str(VALUES_METRICS), chart=tools().chart)  # fmt: skip
     by_name = {(d["kind"], d["metadata"]["name"]): d for d in docs}
     mappings = yaml.safe_load(by_name[("ConfigMap", "airflow-statsd")]["data"]["mappings.yml"])
     assert mappings["mappings"] == mapping().rules

@@ -104,7 +104,7 @@ class _ArchiveBytes:
             )
         if self._hasher is not None:
             self._hasher.update(chunk)
-        self.downloaded.done += len(chunk)
+        self.downloaded.add(len(chunk))
         self._put(chunk)
 
     def _run(self) -> None:

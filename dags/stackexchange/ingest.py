@@ -195,7 +195,7 @@ class _Member:
         self.published: Future[publish.PublishedObject] | None = None
 
     def write(self, data: bytes | memoryview) -> int:
-        self.decompressed.done += len(data)
+        self.decompressed.add(len(data))
         return self.stream.write(data)
 
     def close(self) -> None:
@@ -253,6 +253,8 @@ def _stage(
     found: source.Source,
     ingest_id: str,
     uploads: list[MultipartUpload],
+    policy: DownloadPolicy,
+    limits: Limits,
 ) -> dict[str, publish.PublishedObject]:
     """Stream every archive's members into multipart uploads, each completed once validated;
     not visible (no manifest names them yet).
@@ -260,7 +262,6 @@ def _stage(
     Each archive is read once, forward, with no local copy (``download``): its header by Range
     requests first, then its packed streams decoded as they arrive (``archive``).
     """
-    policy, limits = DownloadPolicy.from_env(), Limits.from_env()
     archives = found.unique_archives()
     writers: dict[str, _Member] = {}
     with contextlib.ExitStack() as opened:
@@ -309,10 +310,11 @@ def _stage(
                         writer.stream.close()  # no validator process outlives the stream
                 archive_bytes.close()
                 writers.update(streaming)
-        published = {}
-        for member, writer in writers.items():
-            assert writer.published is not None  # closed by archive.stream
-            published[member] = writer.published.result()
+            # Inside the reporter: the last parts are uploaded while it still counts them.
+            published = {}
+            for member, writer in writers.items():
+                assert writer.published is not None  # closed by archive.stream
+                published[member] = writer.published.result()
     return published
 
 
@@ -333,7 +335,8 @@ def ingest(
     is the source's current version, it is announced and nothing is downloaded.
     """
     client = _client(aws_conn_id, storage.bucket)
-    found = source.resolve(site, source.Dumps(source_base_url, DownloadPolicy.from_env()))
+    policy, limits = DownloadPolicy.from_env(), Limits.from_env()  # read once, passed down
+    found = source.resolve(site, source.Dumps(source_base_url, policy))
     log.info("Layout: %s (%s)", found.layout,
              ", ".join(a.name for a, _ in found.unique_archives()))  # fmt: skip
     keys = publish.SiteKeys.of(storage, site)
@@ -361,7 +364,9 @@ def ingest(
         uploads: list[MultipartUpload] = []
         try:
             with s3.explained(aws_conn_id, storage.bucket, "uploading"):
-                objects = _stage(client, keys, generation, found, ingest_id, uploads)
+                objects = _stage(
+                    client, keys, generation, found, ingest_id, uploads, policy, limits
+                )
         except BaseException:
             for upload in uploads:
                 upload.abort()

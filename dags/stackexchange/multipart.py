@@ -119,7 +119,7 @@ class MultipartUpload:
                 Body=body,
             )
             self._etags[number] = answer["ETag"]
-            self.uploaded.done += length
+            self.uploaded.add(length)
         except (ClientError, BotoCoreError) as exc:
             self._error = exc
         finally:

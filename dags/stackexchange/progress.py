@@ -18,11 +18,17 @@ log = logging.getLogger(__name__)
 
 
 class Counter:
-    """Bytes done so far of ``total`` (None: unknown). Written by one thread, read by others."""
+    """Bytes done so far of ``total`` (None: unknown). Bumped by several threads (the upload
+    pool's), read by the reporter: ``+=`` is not atomic, so each bump holds a lock."""
 
     def __init__(self, total: int | None = None) -> None:
         self.done = 0
         self.total = total
+        self._lock = threading.Lock()
+
+    def add(self, count: int) -> None:
+        with self._lock:
+            self.done += count
 
 
 class Reporter:
