@@ -17,7 +17,7 @@ PYTEST := $(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
 export PYTHONPATH := $(CURDIR)/dags:$(CURDIR)/notebooks:$(CURDIR)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup java chromium k8s-tools parse test-fast test lint fmt bench constraints image-lock
+.PHONY: help setup java chromium test-prerequisites k8s-tools parse test-fast test lint fmt bench constraints image-lock
 
 help: ## List the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -33,11 +33,13 @@ $(VENV)/.installed: $(BIN)/python constraints.txt requirements.txt requirements-
 
 setup: $(VENV)/.installed ## Create .venv with Airflow and every pinned dependency
 
-java: setup ## Java 17 for PySpark (apt-get when root on Debian/Ubuntu, else how to install it)
-	@$(BIN)/python -m local.stack.prerequisites java
+# The system packages are checked and installed by the system's Python (the module needs nothing
+# else), so they need no .venv and `make test` installs both at once.
+java: ## Java 17 for PySpark (apt-get when root on Debian/Ubuntu, else how to install it)
+	@$(PYTHON) -m local.stack.prerequisites java
 
-chromium: setup ## Chromium for the browser tests (apt-get when root on Debian, else how to install it)
-	@$(BIN)/python -m local.stack.prerequisites chromium
+chromium: ## Chromium for the browser tests (apt-get when root on Debian, else how to install it)
+	@$(PYTHON) -m local.stack.prerequisites chromium
 
 k8s-tools: setup ## Helm (HELM_VERSION, into .venv/bin) and the Airflow chart for the chart tests
 	@$(BIN)/python -m local.k8s_tools
@@ -48,8 +50,14 @@ parse: setup ## Import every DAG file as the DAG processor does: import errors, 
 test-fast: setup ## The tests without Spark, the local stack, a browser or the Kubernetes tooling
 	$(PYTEST) -m "not spark and not e2e and not browser and not k8s"
 
-test: setup java k8s-tools ## Run the whole test suite (installs Chromium for the browser tests when it can)
-	@$(BIN)/python -m local.stack.prerequisites chromium || echo "Without chromium the browser tests are skipped (in CI they fail)."
+# Java and Chromium for the tests (Chromium optional outside CI); one apt-get at a time.
+test-prerequisites: java
+	@$(PYTHON) -m local.stack.prerequisites chromium || echo "Without chromium the browser tests are skipped (in CI they fail)."
+
+# The venv's install and apt-get mostly wait on the network: on a fresh machine they run at once.
+test: ## Run the whole test suite (installs Java 17 and Chromium with apt-get when it can)
+	@$(MAKE) --no-print-directory -j2 --output-sync=target setup test-prerequisites
+	@$(MAKE) --no-print-directory k8s-tools
 	$(PYTEST) --durations=25
 
 lint: setup ## ruff lint + format check

@@ -62,8 +62,8 @@ from typing import IO, Any
 
 from local.sample_dump import pack_7z, pack_split, write_sized_site
 from local.services import DUMMY_AWS_ENV, LOCAL_SOURCE_ENV, MotoS3, aws_conn, s3_client
+from local.stack import StackError
 from local.stack.prerequisites import ensure_seven_zip
-from local.stack.processes import StackError
 from stackexchange.settings import Limits
 
 REPO = Path(__file__).resolve().parents[1]

@@ -48,16 +48,62 @@ HEAVY_FIXTURES = {"spark": SPARK_FIXTURES, "local-stack": {"local_stack"}}
 
 def _parse_botocore_models_once() -> None:
     """Every boto3 client is made in a new botocore session, whose loader parses botocore's JSON
-    models again (S3's service model, endpoints, rulesets: ~0.2 s of CPU). The tasks make one per
-    check_source and ingest (~150 in the 50-site run), the tests many more. Parse each file once
-    per process: the loader already shares the parsed model between the clients of one session,
-    and the files are installed, so what each client gets is unchanged."""
+    models again (S3's service model, endpoints, rulesets: ~0.2 s of CPU) and lists its data
+    directories again (~400 services). The tasks make one per check_source and ingest (~150 in
+    the 50-site run), the tests many more. Parse each file and list each search path once per
+    process: the loader already shares both between the clients of one session, and the files
+    are installed, so what each client gets is unchanged."""
     import functools
 
     from botocore import loaders
 
     parse = functools.cache(loaders.JSONFileLoader().load_file)
     loaders.JSONFileLoader.load_file = lambda _, file_path: parse(file_path)
+    listing = loaders.Loader.list_available_services  # botocore caches it per loader only
+    listed: dict[tuple[tuple[str, ...], str], list[str]] = {}
+
+    def list_available_services(self: loaders.Loader, type_name: str) -> list[str]:
+        key = (tuple(self.search_paths), type_name)
+        if key not in listed:
+            listed[key] = listing(self, type_name)
+        return listed[key]
+
+    loaders.Loader.list_available_services = list_available_services
+
+
+def _find_the_aws_callers_by_walking_frames() -> None:
+    """The Amazon provider names the calling operator and executor in each client's user agent
+    (``AwsGenericHook._get_caller``) by ``inspect.stack()``, which reads the source file of every
+    frame on the stack: 40-100 ms per ``get_conn()`` in a test process that imported every test
+    module, more than the client itself. The same frames walked with ``f_back`` give the same
+    names (the function name, ``self`` and the globals need no source)."""
+    import sys
+
+    from airflow.providers.amazon.aws.hooks.base_aws import AwsGenericHook
+
+    def frames() -> Iterator[object]:
+        frame = sys._getframe(1)
+        while frame is not None:
+            yield frame
+            frame = frame.f_back
+
+    def operator_class_name(target_function_name: str) -> str | None:
+        for frame in frames():
+            if frame.f_code.co_name == target_function_name:
+                return frame.f_locals["self"].__class__.__name__
+        return None
+
+    def executor_class_name() -> str | None:
+        for frame in frames():
+            classes = [name for name, obj in frame.f_globals.items() if isinstance(obj, type)]
+            if "BaseExecutor" in classes:
+                return classes[-1]
+        return None
+
+    if getattr(AwsGenericHook._find_operator_class_name, "__module__", "") == __name__:
+        return  # done in this process already
+    AwsGenericHook._find_operator_class_name = staticmethod(operator_class_name)
+    AwsGenericHook._find_executor_class_name = staticmethod(executor_class_name)
 
 
 _parse_botocore_models_once()
@@ -167,6 +213,7 @@ def moto_server() -> Iterator[str]:
 @pytest.fixture
 def aws_conn(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """The `aws_conn` Airflow connection pointing at the moto server (as an env var)."""
+    _find_the_aws_callers_by_walking_frames()  # imports the provider: not at collection
     monkeypatch.setenv("AIRFLOW_CONN_AWS_CONN", services.aws_conn(moto_server))
     for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(var, raising=False)

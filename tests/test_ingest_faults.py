@@ -304,7 +304,7 @@ def test_sigkill_mid_stream_leaves_the_previous_pair(
 ) -> None:
     previous = publish_v1(mirror)
     size = mirror.archive().stat().st_size
-    mirror.server.faults.bytes_per_second = size / 4  # about 4 s of download
+    mirror.server.faults.bytes_per_second = size / 2  # about 2 s of download
     try:
         worker = subprocess.Popen(
             [sys.executable, "-c", WORKER, SITE, mirror.base], env=_worker_env(tmp_path)

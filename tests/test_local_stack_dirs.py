@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from local import services
+from local.stack import StackError
 from local.stack import up as stack_up
-from local.stack.processes import StackError
 from local.stack.state import RUN_DIR_MARKER, fresh_run_dir
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
+from local.stack import StackError
 from local.stack.prerequisites import ensure_chromium
-from local.stack.processes import StackError
 from tests.stack_harness import RunningStack
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]  # it needs the whole stack up

@@ -4,3 +4,10 @@
 ``make demo-run``, ``make demo-status``, ``make demo-logs``, ``make demo-down``). Every process
 binds 127.0.0.1 and leaves a pid file and a log under one run directory (default ``.run/demo``).
 """
+
+
+class StackError(RuntimeError):
+    """A step of the local stack failed; the message names the step and where to look.
+
+    Defined here, with no imports, so that ``local.stack.prerequisites`` runs on the system's
+    Python before the virtualenv exists (``make test`` installs both at once)."""

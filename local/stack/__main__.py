@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 from types import FrameType
 
-from local.stack import pipeline, status
-from local.stack.processes import StackError
+from local.stack import StackError, pipeline, status
 from local.stack.state import DEFAULT_RUN_DIR, StackInfo, read_password
 from local.stack.up import Options, down, up
 

@@ -10,9 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from local.stack import processes, report
+from local.stack import StackError, processes, report
 from local.stack.airflow_api import AirflowApi
-from local.stack.processes import StackError
 from local.stack.state import SiteResult, StackInfo, load_info, read_password, save_info
 
 Log = Callable[[str], None]

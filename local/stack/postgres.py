@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psycopg2
 
-from local.stack import processes
+from local.stack import StackError, processes
 
 DATABASE = "airflow"
 # Throwaway data: durability settings off for speed, small buffers for memory.
@@ -90,7 +90,7 @@ def start(run_dir: Path, env: dict[str, str]) -> tuple[processes.Service, str]:
         check=False,
     )
     if result.returncode != 0:
-        raise processes.StackError(f"initdb failed:\n{result.stdout}{result.stderr}")
+        raise StackError(f"initdb failed:\n{result.stdout}{result.stderr}")
     settings = {**SETTINGS, "unix_socket_directories": str(socket_dir)}
     cmd = [str(pg_bin / "postgres"), "-D", str(data)]
     for name, value in settings.items():

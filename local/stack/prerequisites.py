@@ -13,7 +13,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 
-from local.stack.processes import StackError
+from local.stack import StackError
 
 JAVA_PACKAGE = "openjdk-17-jre-headless"
 CHROMIUM_PACKAGE = "chromium"  # Debian's; Playwright drives it, no browser download

@@ -21,13 +21,10 @@ from typing import TypeVar
 import psutil
 
 from local.services import WaitTimeout, wait_until
+from local.stack import StackError
 
 TAG = "LOCAL_STACK_RUN"
 T = TypeVar("T")
-
-
-class StackError(RuntimeError):
-    """A step of the local stack failed; the message names the step and where to look."""
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from local.stack.processes import StackError
+from local.stack import StackError
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_RUN_DIR = REPO / ".run" / "demo"

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import requests
 
-from local.stack import processes
+from local.stack import StackError, processes
 from local.stack.pipeline import CONSUMER, PRODUCER, api_for
-from local.stack.processes import StackError
 from local.stack.state import DEFAULT_RUN_DIR, StackInfo, info_path, load_info, read_password
 
 Log = Callable[[str], None]

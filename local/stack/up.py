@@ -30,8 +30,7 @@ from pathlib import Path
 
 from local import sample_dump, services
 from local.services import MotoS3, http_answers
-from local.stack import pipeline, postgres, prerequisites, processes
-from local.stack.processes import StackError
+from local.stack import StackError, pipeline, postgres, prerequisites, processes
 from local.stack.state import (
     DEFAULT_RUN_DIR,
     PYTHONPATH,
