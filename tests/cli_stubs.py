@@ -9,14 +9,16 @@ anything twice fails its test.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
-import re
 import sys
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
+
+# Every stub call is a new process (~2,000 in the tests): re, base64, pathlib and typing cost a
+# third of its start-up, so they are imported where needed, or only for the type checker.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 DEPS_LABEL = "io.github.airflow-stackexchange.deps-sha256"  # cicd/Dockerfile
 WORKLOADS = [
@@ -35,12 +37,31 @@ class Exit(Exception):
         self.message = message
 
 
+def read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def b64encode(text: str) -> str:
+    import base64
+
+    return base64.b64encode(text.encode()).decode()
+
+
+def b64decode(text: str) -> str:
+    import base64
+
+    return base64.b64decode(text).decode()
+
+
 def load_state() -> dict[str, Any]:
-    return json.loads(Path(os.environ["STUB_STATE"]).read_text())
+    with open(os.environ["STUB_STATE"]) as f:
+        return json.load(f)
 
 
 def save_state(state: dict[str, Any]) -> None:
-    Path(os.environ["STUB_STATE"]).write_text(json.dumps(state, indent=1))
+    with open(os.environ["STUB_STATE"], "w") as f:
+        f.write(json.dumps(state, indent=1))
 
 
 def pop_option(args: list[str], *names: str) -> str | None:
@@ -121,15 +142,15 @@ def kubectl(args: list[str], state: dict[str, Any]) -> str:
                 raise Exit(1, f'Error from server (NotFound): secrets "{name}" not found')
             if output and output.startswith("jsonpath={.data."):
                 field = output.removeprefix("jsonpath={.data.").removesuffix("}")
-                return base64.b64encode(secrets[key][field].encode()).decode()
+                return b64encode(secrets[key][field])
             return name
         case ["create", "secret", "generic", name, *sources]:
             data = {}
             for source in sources:
                 field, path = source.removeprefix("--from-file=").split("=", 1)
-                data[field] = Path(path).read_text()
+                data[field] = read(path)
             if dry_run == "client":
-                encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
+                encoded = {k: b64encode(v) for k, v in data.items()}
                 manifest = {"kind": "Secret", "metadata": {"name": name, "namespace": ns}}
                 return json.dumps(manifest | {"data": encoded})
             if ns not in state["namespaces"]:
@@ -141,13 +162,13 @@ def kubectl(args: list[str], state: dict[str, Any]) -> str:
         case ["apply", "-f", "-"]:
             doc = json.loads(sys.stdin.read())
             meta = doc["metadata"]
-            data = {k: base64.b64decode(v).decode() for k, v in doc.get("data", {}).items()}
+            data = {k: b64decode(v) for k, v in doc.get("data", {}).items()}
             secrets[f"{meta['namespace']}/{meta['name']}"] = data
             return f"secret/{meta['name']} configured"
         case ["apply", "-f", path]:
             import yaml  # imported where needed: every stub call is a new process
 
-            for doc in yaml.safe_load_all(Path(path).read_text()):
+            for doc in yaml.safe_load_all(read(path)):
                 state["applied"].append(f"{ns}/{doc['kind']}/{doc['metadata']['name']}")
                 if doc["kind"] == "PersistentVolume":
                     state["pvs"].setdefault(doc["metadata"]["name"], "Bound")
@@ -201,7 +222,7 @@ def merged_values(args: list[str]) -> dict[str, Any]:
     merged: dict[str, Any] = {}
     for i, arg in enumerate(args):
         if arg in ("--values", "-f"):
-            merge(merged, yaml.safe_load(Path(args[i + 1]).read_text()) or {})
+            merge(merged, yaml.safe_load(read(args[i + 1])) or {})
     return merged
 
 
@@ -275,6 +296,8 @@ def docker(args: list[str], state: dict[str, Any]) -> str:
         case ["image", "inspect", image, "--format", template]:
             if image not in state["image_labels"]:
                 raise Exit(1, f"Error: No such image: {image}")
+            import re
+
             label = re.fullmatch(r'\{\{ index \.Config\.Labels "([^"]+)" \}\}', template)
             assert label, template
             return state["image_labels"][image].get(label.group(1), "<no value>")
@@ -339,7 +362,7 @@ def crane(args: list[str], state: dict[str, Any]) -> str:
 
 
 def git(args: list[str], state: dict[str, Any]) -> str:
-    """`git ls-remote` (the network) answered from state; main() runs the real git otherwise."""
+    """`git ls-remote` (the network) answered from state; the sandbox runs the real git else."""
     match args:
         case ["ls-remote", url, *refs]:
             tags = state.get("remote_tags", {}).get(url, {})
@@ -362,6 +385,7 @@ def keep_values_files(args: list[str]) -> dict[str, dict[str, str]]:
     """A copy of each --values file (path -> {copy, mode}), next to the call log."""
     import shutil  # imported where needed, as yaml: every stub call is a new process
     import uuid
+    from pathlib import Path
 
     kept = {}
     for i, arg in enumerate(args[:-1]):
@@ -378,8 +402,6 @@ def keep_values_files(args: list[str]) -> dict[str, dict[str, str]]:
 
 def main(tool: str) -> None:
     args = sys.argv[1:]
-    if tool == "git" and args[:1] != ["ls-remote"]:  # local git: the real one, not recorded
-        os.execv(os.environ["STUB_REAL_GIT"], ["git", *args])
     record: dict[str, Any] = {"tool": tool, "args": args}
     if tool == "helm":  # values files the script removes when it exits: kept for the tests
         record["files"] = keep_values_files(args)

@@ -102,11 +102,19 @@ class Sandbox:
         py_compile.compile(str(source), cfile=str(stub_lib / "cli_stubs.pyc"), doraise=True)
         venv = sysconfig.get_path("purelib")
         for tool in STUBBED:
-            stub = self.bin / tool
-            stub.write_text(
-                f"#!{sys.executable} -ISB\nimport sys\nsys.path.insert(0, {str(stub_lib)!r})\n"
-                f"sys.path.append({venv!r})\nfrom cli_stubs import main\nmain({tool!r})\n"
+            code = (
+                f"import sys; sys.path.insert(0, {str(stub_lib)!r}); sys.path.append({venv!r}); "
+                f"from cli_stubs import main; main({tool!r})"
             )
+            stub = self.bin / tool
+            if tool == "git":  # the real one on the local checkout, not recorded: only
+                # ls-remote, which reaches the network, is stubbed; the others start no Python
+                stub.write_text(
+                    '#!/bin/bash\n[ "${1:-}" = ls-remote ] || exec "$STUB_REAL_GIT" "$@"\n'
+                    f'exec {sys.executable} -ISB -c "{code}" "$@"\n'
+                )
+            else:
+                stub.write_text(f"#!{sys.executable} -ISB\n{code}\n")
             stub.chmod(0o755)
         for tool in UTILITIES:
             found = shutil.which(tool)
