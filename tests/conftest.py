@@ -218,13 +218,3 @@ def aws_conn(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
     for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(var, raising=False)
     return moto_server
-
-
-@pytest.fixture(scope="session")
-def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    """The whole local stack, up once for the e2e and browser tests (see tests/stack_harness.py)."""
-    from tests import stack_harness
-
-    stack = stack_harness.start(tmp_path_factory.mktemp("local-stack"))
-    yield stack
-    stack_harness.stop_and_check(stack)
