@@ -362,7 +362,8 @@ def crane(args: list[str], state: dict[str, Any]) -> str:
 
 
 def git(args: list[str], state: dict[str, Any]) -> str:
-    """`git ls-remote` (the network) answered from state; the sandbox runs the real git else."""
+    """`git ls-remote` (the network), answered from state. The sandbox's git stub runs the real
+    git for every other call, so they never reach this."""
     match args:
         case ["ls-remote", url, *refs]:
             tags = state.get("remote_tags", {}).get(url, {})

@@ -46,7 +46,7 @@ SPARK_FIXTURES = {"spark", "databricks_standin"}
 HEAVY_FIXTURES = {"spark": SPARK_FIXTURES, "local-stack": {"local_stack"}}
 
 
-def _parse_botocore_models_once() -> None:
+def _read_botocore_data_once() -> None:
     """Every boto3 client is made in a new botocore session, whose loader parses botocore's JSON
     models again (S3's service model, endpoints, rulesets: ~0.2 s of CPU) and lists its data
     directories again (~400 services). The tasks make one per check_source and ingest (~150 in
@@ -100,13 +100,11 @@ def _find_the_aws_callers_by_walking_frames() -> None:
                 return classes[-1]
         return None
 
-    if getattr(AwsGenericHook._find_operator_class_name, "__module__", "") == __name__:
-        return  # done in this process already
     AwsGenericHook._find_operator_class_name = staticmethod(operator_class_name)
     AwsGenericHook._find_executor_class_name = staticmethod(executor_class_name)
 
 
-_parse_botocore_models_once()
+_read_botocore_data_once()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -205,7 +203,10 @@ def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[str]:
-    """moto's S3 server (a child process): real HTTP on 127.0.0.1; yields its URL."""
+    """moto's S3 server (a child process): real HTTP on 127.0.0.1; yields its URL. Once per
+    process, before any AWS client is made: the provider's cheaper caller lookup (imported here,
+    not at collection)."""
+    _find_the_aws_callers_by_walking_frames()
     with services.MotoS3() as moto:
         yield moto.url
 
@@ -213,7 +214,6 @@ def moto_server() -> Iterator[str]:
 @pytest.fixture
 def aws_conn(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """The `aws_conn` Airflow connection pointing at the moto server (as an env var)."""
-    _find_the_aws_callers_by_walking_frames()  # imports the provider: not at collection
     monkeypatch.setenv("AIRFLOW_CONN_AWS_CONN", services.aws_conn(moto_server))
     for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(var, raising=False)

@@ -310,8 +310,8 @@ def _airflow_env(
         # The sample dump is served from 127.0.0.1, which the producer refuses unless exempted.
         **services.LOCAL_SOURCE_ENV,
         "STACKEXCHANGE_MAX_ACTIVE_SITES": str(info.max_active_sites),
-        # The stand-in's sample runs take seconds and answers on loopback: poll every 2 s, not
-        # every 30 s (the gold tables are there up to 28 s sooner per run).
+        # The stand-in's sample runs take seconds and it answers on loopback: poll every 2 s,
+        # not every 30 s (the gold tables are there up to 28 s sooner per run).
         "DATABRICKS_POLL_SECONDS": "2",
         **services.connections_env(
             info.s3_endpoint, info.databricks_url, token_file.read_text().strip()
